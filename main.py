@@ -1,0 +1,32 @@
+"""Trains MobileNetV1/V2 on the IDC histopathology patches.
+
+    python main.py --config=configs/v1.py --workdir=/tmp/idc_v1
+    python main.py --config=configs/v2.py --workdir=/tmp/idc_v2 --config.num_epochs=1
+
+Rerunning the same command resumes from the newest checkpoint in --workdir.
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+import distributed
+import train
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and plots.")
+config_flags.DEFINE_config_file(
+    "config", None, "Training configuration (a file in configs/).", lock_config=True
+)
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    distributed.initialize(FLAGS.config.distributed)
+    logging.info("Config:\n%s", FLAGS.config)
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,273 @@
+"""The trainer: loss, a batch overfitted, sharding equivalence, main.py end to end and resume."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import train
+from configs import default
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+# Small enough for CPU tests: alpha 0.25, 32 px, the tiny synthetic set.
+TINY_OVERRIDES = (
+    "--config.model.alpha=0.25",
+    "--config.preprocess.image_size=32",
+    "--config.data.synthetic_size=tiny",
+    "--config.data.dataset=synthetic_idc",
+    "--config.global_batch_size=16",
+    "--config.eval_batch_size=32",
+    "--config.log_every_steps=2",
+    "--config.progress_bar=False",
+)
+
+
+def tiny_config(data_dir: pathlib.Path, **overrides):
+    config = default.get_config()
+    config.model.alpha = 0.25
+    config.preprocess.image_size = 32
+    config.data.synthetic_size = "tiny"
+    config.data.dataset = "synthetic_idc"
+    config.data.data_dir = str(data_dir)
+    config.global_batch_size = 16
+    config.eval_batch_size = 32
+    config.progress_bar = False
+    for key, value in overrides.items():
+        config[key] = value
+    return default.finalize(config)
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> pathlib.Path:
+    return tmp_path_factory.mktemp("tfds")
+
+
+def run_main(workdir, data_dir, *extra, config="configs/v1.py", env=None, wait=True):
+    command = [
+        sys.executable,
+        "main.py",
+        f"--config={config}",
+        f"--workdir={workdir}",
+        f"--config.data.data_dir={data_dir}",
+        *TINY_OVERRIDES,
+        *extra,
+    ]
+    environment = {**os.environ, "JAX_PLATFORMS": "cpu", **(env or {})}
+    if not wait:
+        return subprocess.Popen(
+            command, cwd=REPO, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+    return subprocess.run(
+        command, cwd=REPO, env=environment, capture_output=True, text=True, timeout=600
+    )
+
+
+# ----------------------------------------------------------------------------- unit
+
+
+def test_cross_entropy_matches_numpy_with_mask_smoothing_and_weights():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(6, 2)).astype(np.float32)
+    labels = np.array([0, 1, 1, 0, 1, 0])
+    mask = np.array([1, 1, 1, 1, 0, 0], bool)
+    weights = np.array([0.7, 1.9], np.float32)
+    smoothing = 0.1
+    log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    targets = np.eye(2)[labels] * (1 - smoothing) + smoothing / 2
+    per_example = -(targets * log_probs).sum(-1)
+    expected = (per_example * weights[labels] * mask).sum() / mask.sum()
+    got = train.cross_entropy_loss(
+        jnp.asarray(logits),
+        jnp.asarray(labels),
+        jnp.asarray(mask),
+        label_smoothing=smoothing,
+        weights_per_class=jnp.asarray(weights),
+    )
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+def test_balanced_class_weights_are_inverse_frequency():
+    config = default.get_config()
+    config.class_weights = "balanced"
+    weights = train.class_weights(config, np.array([0, 0, 0, 1]))
+    np.testing.assert_allclose(weights, [4 / (2 * 3), 4 / (2 * 1)])
+
+
+def test_warmup_cosine_schedule_peaks_and_decays():
+    config = default.get_config()
+    config.schedule, config.warmup_epochs, config.num_epochs = "warmup_cosine", 1.0, 4
+    schedule = train.learning_rate_schedule(config, steps_per_epoch=10)
+    assert float(schedule(0)) == 0.0
+    assert float(schedule(10)) == pytest.approx(config.learning_rate)
+    assert float(schedule(40)) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_overfits_a_small_batch_to_full_accuracy(data_dir):
+    import input_pipeline
+
+    config = tiny_config(data_dir, learning_rate=3e-3)
+    dataset = input_pipeline.load_dataset(config.data)
+    tx = optax.adam(config.learning_rate)
+    state, train_graph, eval_graph = train.create_train_state(config, tx)
+    sharding = train.Sharding.over_all_devices()
+    step, _ = train.compile_steps(
+        config,
+        train_graph=train_graph,
+        eval_graph=eval_graph,
+        tx=tx,
+        weights_per_class=np.ones(2, np.float32),
+        sharding=sharding,
+    )
+    batch = next(
+        input_pipeline.iterate_batches(
+            dataset.train, global_batch_size=16, seed=0, epoch=0, shuffle=True, drop_remainder=True
+        )
+    )
+    assert 0 < batch["label"].sum() < 16, "the batch should hold both classes"
+    batch = sharding.put_batch({k: batch[k] for k in train.TRAIN_BATCH_KEYS})
+    losses = []
+    for _ in range(60):
+        state = state.replace(epoch_metrics=train.TrainMetrics.empty())
+        state = step(state, batch)
+        losses.append(float(state.epoch_metrics.compute()["loss"]))
+    final = state.epoch_metrics.compute()
+    assert float(final["accuracy"]) == 1.0
+    assert losses[-1] < losses[0] / 10
+
+
+def test_nonfinite_loss_keeps_state_and_names_step(data_dir):
+    import input_pipeline
+
+    config = tiny_config(data_dir)
+    dataset = input_pipeline.load_dataset(config.data)
+    tx = optax.adam(1e-4)
+    state, train_graph, eval_graph = train.create_train_state(config, tx)
+    sharding = train.Sharding.over_all_devices()
+    step, _ = train.compile_steps(
+        config,
+        train_graph=train_graph,
+        eval_graph=eval_graph,
+        tx=tx,
+        weights_per_class=np.ones(2, np.float32),
+        sharding=sharding,
+    )
+    batch = next(
+        input_pipeline.iterate_batches(
+            dataset.train, global_batch_size=16, seed=0, epoch=0, shuffle=True, drop_remainder=True
+        )
+    )
+    good = {k: batch[k] for k in train.TRAIN_BATCH_KEYS}
+    state = step(state, sharding.put_batch(good))
+    params_before = jax.tree.map(np.asarray, state.params)
+    # A label outside {0, 1} gives an all-zero one-hot target: fine. A NaN needs a NaN logit:
+    # poison the parameters' copy fed in, as an exploding update would.
+    poisoned = state.replace(
+        params=jax.tree.map(lambda p: p * jnp.nan if p.ndim == 2 else p, state.params)
+    )
+    poisoned = step(poisoned, sharding.put_batch(good))
+    assert int(poisoned.nonfinite_step) == 2
+    with pytest.raises(FloatingPointError, match="at step 2"):
+        train.check_finite(poisoned)
+    train.check_finite(state)  # the good state is untouched
+    jax.tree.map(
+        np.testing.assert_array_equal, jax.tree.map(np.asarray, state.params), params_before
+    )
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def one_epoch_run(tmp_path_factory, data_dir):
+    workdir = tmp_path_factory.mktemp("one_epoch")
+    result = run_main(workdir, data_dir, "--config.num_epochs=1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    return workdir, result
+
+
+def test_main_one_epoch_writes_every_output(one_epoch_run):
+    workdir, result = one_epoch_run
+    for name in ("config.json", "metrics.jsonl", "history.csv", "curves.png", "summary.json"):
+        assert (workdir / name).is_file(), name
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert summary["synthetic"] is True and summary["dataset"] == "synthetic_idc"
+    assert summary["num_epochs"] == 1
+    assert 0.0 <= summary["test"]["accuracy"] <= 1.0
+    for key in ("balanced_accuracy", "f1", "roc_auc", "pr_auc", "majority_baseline", "tp"):
+        assert key in summary["test"]
+    assert summary["trainable_parameters"] > 0 and summary["multiply_adds_per_image"] > 0
+    history = (workdir / "history.csv").read_text().splitlines()
+    assert len(history) == 2 and "synthetic" in history[0]
+    assert "SYNTHETIC DATA" in result.stderr
+
+
+def test_mistyped_config_key_is_an_error(tmp_path, data_dir):
+    result = run_main(tmp_path, data_dir, "--config.num_epoch=1")
+    assert result.returncode != 0
+    assert "num_epoch" in result.stderr
+
+
+def test_resume_after_sigkill_gives_identical_results(tmp_path, data_dir):
+    extra = ("--config.num_epochs=2", "--config.checkpoint_every_steps=4")
+    reference_dir, resumed_dir = tmp_path / "reference", tmp_path / "resumed"
+    reference = run_main(reference_dir, data_dir, *extra)
+    assert reference.returncode == 0, reference.stderr
+
+    process = run_main(resumed_dir, data_dir, *extra, wait=False)
+    checkpoint_dir = resumed_dir / "checkpoints"
+    deadline = time.time() + 300
+    # Kill as soon as a mid-epoch checkpoint is complete: the run is then mid-way through training.
+    while time.time() < deadline and process.poll() is None:
+        finished = [p for p in checkpoint_dir.glob("*") if p.name.isdigit()]
+        if finished:
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, "the run ended before it could be killed"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    resumed = run_main(resumed_dir, data_dir, *extra)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "Resumed from" in resumed.stderr
+
+    reference_summary = json.loads((reference_dir / "summary.json").read_text())
+    resumed_summary = json.loads((resumed_dir / "summary.json").read_text())
+    assert resumed_summary["test"] == reference_summary["test"]
+    assert resumed_summary["final_validation"] == reference_summary["final_validation"]
+    assert (resumed_dir / "history.csv").read_text() == (reference_dir / "history.csv").read_text()
+
+
+def test_eight_devices_follow_the_single_device_trajectory(data_dir):
+    script = REPO / "tests" / "trajectory.py"
+
+    def losses(device_count):
+        env = {
+            **os.environ,
+            "JAX_PLATFORMS": "cpu",
+            "XLA_FLAGS": f"--xla_force_host_platform_device_count={device_count}",
+        }
+        result = subprocess.run(
+            [sys.executable, str(script), str(data_dir)],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert result.returncode == 0, result.stderr
+        payload = json.loads(result.stdout.strip().splitlines()[-1])
+        assert payload["devices"] == device_count
+        return np.array(payload["losses"])
+
+    single, eight = losses(1), losses(8)
+    assert single[-1] < single[0]
+    np.testing.assert_allclose(eight, single, rtol=2e-4, atol=2e-5)
