@@ -12,6 +12,7 @@ reductions (BatchNorm statistics, gradients, metric sums) that the global-batch 
 
 import dataclasses
 import functools
+import json
 import math
 import pathlib
 import time
@@ -523,7 +524,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             num_classes=NUM_CLASSES,
         )
         if is_main_process:
-            reporting.write_json(workdir / "config.json", {**config.to_dict(), **data_description})
+            reporting.write_json(workdir / "config.json", config.to_dict())
             parameter_overview.log_parameter_overview(state.params.to_pure_dict())
             logging.info(
                 "%s alpha=%s at %d px: %s trainable parameters, %s multiply-adds per image.",
@@ -713,3 +714,60 @@ def _final_evaluation(context, state, meta, jit_eval_step, checkpointer, writer)
         "test": test_report,
         "test_at_validation_threshold": tuned,
     }
+
+
+# ----------------------------------------------------------------------------- inference
+
+
+def load_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
+    """The resolved config a run wrote to `workdir/config.json`, locked."""
+    path = pathlib.Path(workdir) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: is {workdir} the --workdir of a training run?")
+    return default_config_like(json.loads(path.read_text()))
+
+
+def default_config_like(values: Mapping) -> ml_collections.ConfigDict:
+    from configs import default
+
+    config = default.get_config()
+    config.update_from_flattened_dict(_flatten(values))
+    return default.finalize(config)
+
+
+def _flatten(values: Mapping, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def restore_for_inference(
+    workdir: str | pathlib.Path, which: str = "latest"
+) -> tuple[ml_collections.ConfigDict, nnx.Module, int]:
+    """(config, model in eval mode, step) from a training run's workdir.
+
+    `which` is "latest", "best" (by validation balanced accuracy) or a step number.
+    """
+    config = load_config(workdir)
+    checkpointer = checkpoints.Checkpointer(
+        pathlib.Path(workdir) / "checkpoints", keep=config.keep_checkpoints, read_only=True
+    )
+    if which == "latest":
+        step = checkpointer.latest_step()
+    elif which == "best":
+        step = checkpointer.best_step()
+    else:
+        step = int(which)
+    if step is None:
+        raise FileNotFoundError(f"no {which} checkpoint in {checkpointer.directory}")
+    tx = create_optimizer(config, steps_per_epoch=1)
+    abstract_state = jax.eval_shape(lambda: create_train_state(config, tx)[0])
+    state, _ = checkpointer.restore(step, abstract_state)
+    _, eval_graph, _ = split_model(create_model(config, seed=0))
+    model = nnx.merge(eval_graph, state.params, state.batch_stats, state.rng_streams)
+    checkpointer.close()
+    return config, model, step
