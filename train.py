@@ -165,13 +165,12 @@ def cross_entropy_loss(
     weights_per_class: jax.Array | None = None,
 ) -> jax.Array:
     """Mean softmax cross-entropy over the unmasked examples, optionally smoothed and weighted."""
-    targets = jax.nn.one_hot(labels, logits.shape[-1])
-    if label_smoothing:
-        targets = optax.smooth_labels(targets, label_smoothing)
+    one_hot = jax.nn.one_hot(labels, logits.shape[-1])
+    targets = optax.smooth_labels(one_hot, label_smoothing) if label_smoothing else one_hot
     per_example = optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
     weights = mask.astype(jnp.float32)
     if weights_per_class is not None:
-        weights = weights * weights_per_class[labels]
+        weights = weights * jnp.sum(one_hot * weights_per_class, axis=-1)
     return jnp.sum(per_example * weights) / jnp.maximum(jnp.sum(mask), 1)
 
 
@@ -184,15 +183,19 @@ def train_step(
     preprocess_config: ml_collections.ConfigDict,
     label_smoothing: float,
     weights_per_class: jax.Array,
+    augment_seed: int,
 ) -> TrainState:
     """One Adam update on one global batch. Pure: (state, batch) -> state."""
-    augment_rng = jax.random.fold_in(jax.random.key(0), state.step)
+    augment_rng = jax.random.fold_in(jax.random.key(augment_seed), state.step)
     images = input_pipeline.preprocess(
         batch["image"], preprocess_config, train=True, rng=augment_rng
     )
 
-    def loss_fn(params):
-        model = nnx.merge(graphdef, params, state.batch_stats, state.rng_streams)
+    def loss_fn(params, batch_stats, rng_streams):
+        # Fresh variables, made inside this trace: NNX lets the model update its BatchNorm
+        # statistics and dropout streams only in the trace that created them.
+        batch_stats, rng_streams = jax.tree.map(jnp.asarray, (batch_stats, rng_streams))
+        model = nnx.merge(graphdef, params, batch_stats, rng_streams)
         logits = model(images)
         loss = cross_entropy_loss(
             logits,
@@ -205,15 +208,17 @@ def train_step(
         return loss, (logits, new_batch_stats, new_rng_streams)
 
     (loss, (logits, batch_stats, rng_streams)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params
+        state.params, state.batch_stats, state.rng_streams
     )
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
 
     correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
-    unweighted_loss = cross_entropy_loss(logits, batch["label"], batch["mask"])
+    per_example_loss = optax.softmax_cross_entropy_with_integer_labels(
+        logits.astype(jnp.float32), batch["label"]
+    )
     step_metrics = TrainMetrics.single_from_model_output(
-        loss=unweighted_loss, correct=correct, mask=batch["mask"]
+        loss=per_example_loss, correct=correct, mask=batch["mask"]
     )
     # A non-finite loss leaves the state as it was (so the last checkpoint and the state stay
     # good) and records the step; the host loop stops the run with an error naming it.
@@ -317,6 +322,7 @@ def compile_steps(
             preprocess_config=config.preprocess,
             label_smoothing=config.label_smoothing,
             weights_per_class=jnp.asarray(weights_per_class),
+            augment_seed=config.seed,
         ),
         in_shardings=(sharding.replicated, sharding.batch),
         out_shardings=sharding.replicated,
