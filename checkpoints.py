@@ -40,11 +40,16 @@ def _abstract_keys_to_data(tree):
     return jax.tree.map(convert, tree)
 
 
+def _key_impl(key) -> jax.random.PRNGImpl:
+    """The PRNG implementation of a concrete or abstract (ShapeDtypeStruct) key."""
+    impls = []
+    jax.eval_shape(lambda k: impls.append(jax.random.key_impl(k)), key)
+    return impls[0]
+
+
 def _data_to_keys(restored, like):
     return jax.tree.map(
-        lambda r, t: jax.random.wrap_key_data(r, impl=jax.random.key_impl(t))
-        if _is_prng_key(t)
-        else r,
+        lambda r, t: jax.random.wrap_key_data(r, impl=_key_impl(t)) if _is_prng_key(t) else r,
         restored,
         like,
     )

@@ -6,11 +6,20 @@
 Rerunning the same command resumes from the newest checkpoint in --workdir.
 """
 
+import logging as std_logging
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 import distributed
 import train
+
+
+class _HideLibraryChatter(std_logging.Filter):
+    """Drops INFO records of orbax (several per checkpoint); warnings and errors pass."""
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and plots.")
@@ -23,6 +32,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    logging.get_absl_handler().addFilter(_HideLibraryChatter())
     distributed.initialize(FLAGS.config.distributed)
     logging.info("Config:\n%s", FLAGS.config)
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)

@@ -125,12 +125,11 @@ def create_optimizer(
 
 
 def class_weights(config: ml_collections.ConfigDict, train_labels: np.ndarray) -> np.ndarray:
-    """Per-class loss weights: ones, or inverse frequency N / (2 N_c) ("balanced", as sklearn)."""
+    """Per-class loss weights: ones ("none") or inverse class frequency ("balanced")."""
     if config.class_weights == "none":
         return np.ones(NUM_CLASSES, np.float32)
     if config.class_weights == "balanced":
-        counts = np.bincount(train_labels, minlength=NUM_CLASSES).astype(np.float64)
-        return (counts.sum() / (NUM_CLASSES * np.maximum(counts, 1))).astype(np.float32)
+        return input_pipeline.class_weights(train_labels, NUM_CLASSES)
     raise ValueError(
         f"config.class_weights must be 'none' or 'balanced', not {config.class_weights!r}"
     )

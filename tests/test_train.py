@@ -11,7 +11,6 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 import train
@@ -112,14 +111,19 @@ def test_warmup_cosine_schedule_peaks_and_decays():
     assert float(schedule(40)) == pytest.approx(0.0, abs=1e-12)
 
 
-def test_overfits_a_small_batch_to_full_accuracy(data_dir):
+@pytest.fixture(scope="module")
+def compiled(data_dir):
+    """One tiny model's state, jitted train step and a batch, shared (one compile) by the tests.
+
+    """
     import input_pipeline
 
-    config = tiny_config(data_dir, learning_rate=3e-3)
+    config = tiny_config(data_dir, learning_rate=1e-3)
     dataset = input_pipeline.load_dataset(config.data)
-    tx = optax.adam(config.learning_rate)
+    tx = train.create_optimizer(config, steps_per_epoch=1)
     state, train_graph, eval_graph = train.create_train_state(config, tx)
     sharding = train.Sharding.over_all_devices()
+    state = jax.device_put(state, sharding.replicated)
     step, _ = train.compile_steps(
         config,
         train_graph=train_graph,
@@ -135,53 +139,41 @@ def test_overfits_a_small_batch_to_full_accuracy(data_dir):
     )
     assert 0 < batch["label"].sum() < 16, "the batch should hold both classes"
     batch = sharding.put_batch({k: batch[k] for k in train.TRAIN_BATCH_KEYS})
+    return state, step, batch
+
+
+def _fresh_copy(state):
+    # The step donates its input state: tests that reuse the fixture's state give it a copy.
+    return jax.tree.map(jnp.copy, state)
+
+
+def test_overfits_a_small_batch_to_full_accuracy(compiled):
+    state, step, batch = compiled
+    state = _fresh_copy(state)
     losses = []
     for _ in range(60):
         state = state.replace(epoch_metrics=train.TrainMetrics.empty())
         state = step(state, batch)
         losses.append(float(state.epoch_metrics.compute()["loss"]))
-    final = state.epoch_metrics.compute()
-    assert float(final["accuracy"]) == 1.0
+    assert float(state.epoch_metrics.compute()["accuracy"]) == 1.0
     assert losses[-1] < losses[0] / 10
 
 
-def test_nonfinite_loss_keeps_state_and_names_step(data_dir):
-    import input_pipeline
-
-    config = tiny_config(data_dir)
-    dataset = input_pipeline.load_dataset(config.data)
-    tx = optax.adam(1e-4)
-    state, train_graph, eval_graph = train.create_train_state(config, tx)
-    sharding = train.Sharding.over_all_devices()
-    step, _ = train.compile_steps(
-        config,
-        train_graph=train_graph,
-        eval_graph=eval_graph,
-        tx=tx,
-        weights_per_class=np.ones(2, np.float32),
-        sharding=sharding,
-    )
-    batch = next(
-        input_pipeline.iterate_batches(
-            dataset.train, global_batch_size=16, seed=0, epoch=0, shuffle=True, drop_remainder=True
-        )
-    )
-    good = {k: batch[k] for k in train.TRAIN_BATCH_KEYS}
-    state = step(state, sharding.put_batch(good))
+def test_nonfinite_loss_keeps_state_and_names_step(compiled):
+    state, step, batch = compiled
+    state = step(_fresh_copy(state), batch)
     params_before = jax.tree.map(np.asarray, state.params)
-    # A label outside {0, 1} gives an all-zero one-hot target: fine. A NaN needs a NaN logit:
-    # poison the parameters' copy fed in, as an exploding update would.
-    poisoned = state.replace(
+    # An exploded parameter (as a diverging run produces) makes the loss NaN at the next step.
+    poisoned = _fresh_copy(state).replace(
         params=jax.tree.map(lambda p: p * jnp.nan if p.ndim == 2 else p, state.params)
     )
-    poisoned = step(poisoned, sharding.put_batch(good))
+    poisoned = step(poisoned, batch)
     assert int(poisoned.nonfinite_step) == 2
     with pytest.raises(FloatingPointError, match="at step 2"):
         train.check_finite(poisoned)
     train.check_finite(state)  # the good state is untouched
-    jax.tree.map(
-        np.testing.assert_array_equal, jax.tree.map(np.asarray, state.params), params_before
-    )
+    after = jax.tree.map(np.asarray, state.params)
+    jax.tree.map(np.testing.assert_array_equal, after, params_before)
 
 
 # ----------------------------------------------------------------------------- end to end
@@ -256,7 +248,7 @@ def test_eight_devices_follow_the_single_device_trajectory(data_dir):
             "XLA_FLAGS": f"--xla_force_host_platform_device_count={device_count}",
         }
         result = subprocess.run(
-            [sys.executable, str(script), str(data_dir)],
+            [sys.executable, str(script), str(data_dir), "1e-4"],
             cwd=REPO,
             env=env,
             capture_output=True,
@@ -268,6 +260,9 @@ def test_eight_devices_follow_the_single_device_trajectory(data_dir):
         assert payload["devices"] == device_count
         return np.array(payload["losses"])
 
+    # At the paper's learning rate. (At 1e-3, Adam's sign-like first updates amplify the
+    # float reordering of cross-device sums into visibly different trajectories within a few
+    # steps: parameters with near-zero gradients move by +-lr either way.)
     single, eight = losses(1), losses(8)
     assert single[-1] < single[0]
-    np.testing.assert_allclose(eight, single, rtol=2e-4, atol=2e-5)
+    np.testing.assert_allclose(eight, single, rtol=1e-4)

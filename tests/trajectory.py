@@ -18,8 +18,8 @@ import train  # noqa: E402
 from tests.test_train import tiny_config  # noqa: E402
 
 
-def main(data_dir: str, num_steps: int = 6) -> None:
-    config = tiny_config(pathlib.Path(data_dir), learning_rate=1e-3)
+def main(data_dir: str, learning_rate: float = 1e-4, num_steps: int = 6) -> None:
+    config = tiny_config(pathlib.Path(data_dir), learning_rate=learning_rate)
     dataset = input_pipeline.load_dataset(config.data)
     tx = train.create_optimizer(config, steps_per_epoch=1)
     state, train_graph, eval_graph = train.create_train_state(config, tx)
@@ -47,4 +47,4 @@ def main(data_dir: str, num_steps: int = 6) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], *map(float, sys.argv[2:3]))

@@ -1,0 +1,144 @@
+"""Split protocols: which patches go to train, validation and test.
+
+- "patient" (default): patients, not patches, are assigned to the three splits, stratified by
+  their fraction of IDC patches, so that no patient's tissue is seen in two splits (patches of one
+  slide are strongly correlated; a patch-level split overstates accuracy).
+- "published": the 84 / 29 / 49 patient lists of Janowczyk & Madabhushi (2016); the Kaggle
+  release's other patients are left out and counted.
+- "random_patch": the protocol of the reproduced paper, patches shuffled regardless of patient.
+  Patients leak across the splits, which the notes say.
+
+Every function returns row indices into the full table (sorted ascending) and is a pure function
+of its inputs and the seed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import numpy as np
+
+from input_pipeline import published_splits
+
+PROTOCOLS = ("patient", "published", "random_patch")
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitIndices:
+    train: np.ndarray
+    validation: np.ndarray
+    test: np.ndarray
+    notes: tuple[str, ...] = ()
+
+
+def _evenly_spaced_pick(candidates: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+    """Picks `count` items at evenly spaced ranks (random offset) of an ordered candidate list.
+
+    Applied to patients ordered by positive fraction, it is systematic stratified sampling: every
+    part of the positive-fraction range contributes in proportion.
+    """
+    if count <= 0:
+        return candidates[:0]
+    ranks = np.floor((np.arange(count) + rng.random()) * len(candidates) / count).astype(int)
+    return candidates[np.minimum(ranks, len(candidates) - 1)]
+
+
+def by_patient(
+    patient: np.ndarray,
+    label: np.ndarray,
+    seed: int,
+    validation_fraction: float,
+    test_fraction: float,
+) -> SplitIndices:
+    """Assigns whole patients to the splits, stratified by each patient's positive fraction.
+
+    The fractions are of patients (at least one per split when there are three or more).
+    """
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 7]))
+    patients, inverse = np.unique(patient, return_inverse=True)
+    positives = np.bincount(inverse, weights=label, minlength=len(patients))
+    fraction = positives / np.bincount(inverse, minlength=len(patients))
+    # Order by positive fraction; random tie-breaks so patients without IDC are shuffled.
+    order = np.lexsort((rng.random(len(patients)), fraction))
+    num = len(patients)
+    num_test = int(round(test_fraction * num))
+    num_val = int(round(validation_fraction * num))
+    if num >= 3:
+        num_test = max(num_test, 1) if test_fraction > 0 else 0
+        num_val = max(num_val, 1) if validation_fraction > 0 else 0
+    test_pos = _evenly_spaced_pick(np.arange(num), num_test, rng)
+    rest = np.setdiff1d(np.arange(num), test_pos)
+    val_pos = _evenly_spaced_pick(rest, num_val, rng)
+    which = np.zeros(num, np.int8)  # 0 train, 1 validation, 2 test
+    which[order[val_pos]] = 1
+    which[order[test_pos]] = 2
+    row_split = which[inverse]
+    return SplitIndices(*(np.flatnonzero(row_split == k) for k in range(3)))
+
+
+def published(patient: np.ndarray) -> SplitIndices:
+    """The published patient lists; rows of other patients are left out and counted in notes."""
+    lists = (published_splits.TRAIN, published_splits.VALIDATION, published_splits.TEST)
+    indices = [np.flatnonzero(np.isin(patient, ids)) for ids in lists]
+    listed = np.isin(patient, np.concatenate([np.asarray(ids) for ids in lists]))
+    outside = np.unique(patient[~listed])
+    notes = []
+    if len(outside):
+        notes.append(
+            f"{len(outside)} patients ({int((~listed).sum())} patches) outside the published lists "
+            "left out"
+        )
+    present = [len(np.unique(patient[i])) for i in indices]
+    notes.append(
+        "published lists present: train {}/84, validation {}/29, test {}/49 patients".format(
+            *present
+        )
+    )
+    return SplitIndices(*indices, notes=tuple(notes))
+
+
+def by_random_patch(
+    patient: np.ndarray,
+    seed: int,
+    validation_fraction: float,
+    test_fraction: float,
+) -> SplitIndices:
+    """Shuffles patches regardless of patient (the reproduced paper's protocol)."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 8]))
+    num = len(patient)
+    order = rng.permutation(num)
+    num_test = int(round(test_fraction * num))
+    num_val = int(round(validation_fraction * num))
+    test = np.sort(order[:num_test])
+    validation = np.sort(order[num_test : num_test + num_val])
+    train = np.sort(order[num_test + num_val :])
+    splits_of_patient: dict[int, int] = {}
+    for split_rows in (train, validation, test):
+        for p in np.unique(patient[split_rows]):
+            splits_of_patient[int(p)] = splits_of_patient.get(int(p), 0) + 1
+    leaking = sum(1 for n in splits_of_patient.values() if n > 1)
+    note = (
+        f"patients leak across splits: {leaking} of {len(splits_of_patient)} patients have "
+        "patches in more than one split (random_patch protocol)"
+    )
+    logging.warning(note)
+    return SplitIndices(train, validation, test, notes=(note,))
+
+
+def make_splits(
+    protocol: str,
+    patient: np.ndarray,
+    label: np.ndarray,
+    seed: int = 0,
+    validation_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+) -> SplitIndices:
+    """Dispatches to the protocol named in the config (`config.data.split`)."""
+    if protocol == "patient":
+        return by_patient(patient, label, seed, validation_fraction, test_fraction)
+    if protocol == "published":
+        return published(patient)
+    if protocol == "random_patch":
+        return by_random_patch(patient, seed, validation_fraction, test_fraction)
+    raise ValueError(f"unknown split protocol {protocol!r}; expected one of {PROTOCOLS}")

@@ -1,0 +1,215 @@
+"""The Kaggle IDC builder end to end: real sample (folder and zip), bad inputs, no TensorFlow."""
+
+import io
+import pathlib
+import subprocess
+import sys
+import textwrap
+import zipfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from input_pipeline import dataset, kaggle_idc, synthetic
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _build_kaggle(data_dir: pathlib.Path, manual_dir: pathlib.Path):
+    config = dict(dataset="kaggle_idc", data_dir=str(data_dir), manual_dir=str(manual_dir))
+    builder = dataset.prepare(config)
+    return builder, dataset.load_table(builder)
+
+
+def _png(array: np.ndarray, mode: str | None = None) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array, mode=mode).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _read_rgb(path: pathlib.Path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+@pytest.fixture(scope="module")
+def real_from_folder(idc_sample_dir, tmp_path_factory):
+    return _build_kaggle(tmp_path_factory.mktemp("tfds_folder"), idc_sample_dir.parent)
+
+
+def test_real_sample_from_folder(real_from_folder, idc_sample_dir):
+    builder, table = real_from_folder
+    report = builder.info.metadata["build_report"]
+    assert report == {
+        "png_files_found": 979,
+        "examples_written": 979,
+        "border_patches_padded": 4,
+        "class_folders_missing_or_empty": 0,
+        "patients": 1,
+    }
+    assert len(table["label"]) == 979
+    assert int(table["label"].sum()) == 207
+    assert set(table["patient"].tolist()) == {8863}
+    # Coordinates are 1-based corners of the 50-pixel grid, as the file names say.
+    assert np.all((table["x"] - 1) % 50 == 0) and np.all((table["y"] - 1) % 50 == 0)
+    border = np.flatnonzero((table["height"] < 50) | (table["width"] < 50))
+    sizes = sorted(zip(table["height"][border].tolist(), table["width"][border].tolist()))
+    assert sizes == [(35, 50), (35, 50), (35, 50), (50, 41)]
+    assert np.all(table["y"][table["height"] == 35] == 2301)
+    assert np.all(table["x"][table["width"] == 41] == 2751)
+    # Pixels equal an independent PIL decode; the border patches are padded with white.
+    for row in list(border) + [0, 500, 978]:
+        name = table["file_name"][row]
+        expected = _read_rgb(idc_sample_dir / str(table["label"][row]) / name)
+        h, w = expected.shape[:2]
+        assert (h, w) == (table["height"][row], table["width"][row])
+        np.testing.assert_array_equal(table["image"][row, :h, :w], expected)
+        assert np.all(table["image"][row, h:] == 255) and np.all(table["image"][row, :, w:] == 255)
+
+
+def test_real_sample_from_zip_with_nested_duplicate(real_from_folder, idc_sample_dir, tmp_path):
+    manual = tmp_path / "manual"
+    manual.mkdir()
+    with zipfile.ZipFile(manual / "archive.zip", "w") as archive:
+        for path in sorted(idc_sample_dir.rglob("*.png")):
+            rel = path.relative_to(idc_sample_dir.parent).as_posix()
+            archive.write(path, rel)  # top level, as in the Kaggle zip
+            archive.write(path, f"IDC_regular_ps50_idx5/{rel}")  # and the nested copy
+        archive.writestr("8863/.DS_Store", b"\0\0")
+    builder, table = _build_kaggle(tmp_path / "tfds", manual)
+    report = builder.info.metadata["build_report"]
+    assert report["png_files_found"] == 2 * 979
+    assert report["duplicate_copies_ignored"] == 979
+    assert report["examples_written"] == 979
+    assert report["skipped_stray_file"] == 1
+    _, from_folder = real_from_folder
+    for column in ("label", "patient", "x", "y", "height", "width", "file_name"):
+        np.testing.assert_array_equal(table[column], from_folder[column])
+    np.testing.assert_array_equal(np.asarray(table["image"]), np.asarray(from_folder["image"]))
+
+
+def test_bad_inputs_are_counted_never_fatal(tmp_path):
+    rng = np.random.default_rng(0)
+    manual = tmp_path / "manual"
+    good = rng.integers(0, 256, (50, 50, 3), dtype=np.uint8)
+    gray = rng.integers(0, 256, (50, 50), dtype=np.uint8)
+    rgba = rng.integers(0, 256, (50, 50, 4), dtype=np.uint8)
+    rgba[..., 3] = 255  # opaque: converting must keep the RGB values
+    files = {
+        "10/0/10_idx5_x1_y1_class0.png": _png(good),
+        "10/0/10_idx5_x51_y1_class0.png": _png(good)[:200],  # truncated
+        "10/0/10_idx5_x101_y1_class0.png": b"not a png at all",  # corrupt
+        "10/1/10_idx5_x1_y51_class1.png": _png(gray),
+        "10/1/10_idx5_x51_y51_class1.png": _png(rgba),
+        "10/1/10_idx5_x101_y51_class0.png": _png(good),  # label folder disagrees
+        "10/1/scan_0001.png": _png(good),  # unparsable name
+        "10/.DS_Store": b"\0",
+        "11/0/11_idx5_x1_y1_class0.png": _png(good[:30]),  # border patch, 30 high
+    }
+    for rel, data in files.items():
+        (manual / rel).parent.mkdir(parents=True, exist_ok=True)
+        (manual / rel).write_bytes(data)
+    (manual / "11" / "1").mkdir()  # empty class folder
+    builder, table = _build_kaggle(tmp_path / "tfds", manual)
+    assert builder.info.metadata["build_report"] == {
+        "png_files_found": 8,
+        "skipped_corrupt_png": 2,
+        "skipped_folder_disagrees_with_name": 1,
+        "skipped_unparsable_name": 1,
+        "skipped_stray_file": 1,
+        "converted_l_to_rgb": 1,
+        "converted_rgba_to_rgb": 1,
+        "border_patches_padded": 1,
+        "class_folders_missing_or_empty": 1,
+        "examples_written": 4,
+        "patients": 2,
+    }
+    by_name = {n: i for i, n in enumerate(table["file_name"])}
+    np.testing.assert_array_equal(
+        table["image"][by_name["10_idx5_x1_y51_class1.png"]], np.repeat(gray[..., None], 3, -1)
+    )
+    np.testing.assert_array_equal(
+        table["image"][by_name["10_idx5_x51_y51_class1.png"]], rgba[..., :3]
+    )
+    border = by_name["11_idx5_x1_y1_class0.png"]
+    assert (table["height"][border], table["width"][border]) == (30, 50)
+    np.testing.assert_array_equal(table["image"][border, :30], good[:30])
+    assert np.all(table["image"][border, 30:] == 255)
+
+
+@pytest.mark.parametrize("make_empty", [False, True])
+def test_missing_download_says_what_where_and_how_to_avoid_it(tmp_path, make_empty):
+    manual = tmp_path / "manual"
+    if make_empty:
+        manual.mkdir()
+    config = dict(dataset="kaggle_idc", data_dir=str(tmp_path / "tfds"), manual_dir=str(manual))
+    with pytest.raises(kaggle_idc.ManualDownloadMissingError) as error:
+        dataset.load_dataset(config)
+    message = str(error.value)
+    assert "kaggle.com/datasets/paultimothymooney/breast-histopathology-images" in message
+    assert str(manual) in message
+    assert "--config.data.dataset=synthetic_idc" in message
+
+
+def test_auto_picks_synthetic_without_a_download(tmp_path):
+    config = dict(
+        dataset="auto",
+        data_dir=str(tmp_path),
+        manual_dir=str(tmp_path / "none"),
+        synthetic_size="tiny",
+    )
+    builder, _ = dataset.make_builder(config)
+    assert builder.name == "synthetic_idc"
+
+
+def test_synthetic_kaggle_layout_round_trips_through_the_real_builder(tmp_path):
+    examples = synthetic.generate(num_patients=3, num_patches=90, seed=5)
+    synthetic.write_kaggle_layout(examples, tmp_path / "manual")
+    builder, table = _build_kaggle(tmp_path / "tfds", tmp_path / "manual")
+    report = builder.info.metadata["build_report"]
+    assert report["examples_written"] == 90
+    num_border = int(np.sum((examples["height"] < 50) | (examples["width"] < 50)))
+    assert num_border > 0 and report["border_patches_padded"] == num_border
+    order = np.lexsort((examples["file_name"], examples["x"], examples["y"], examples["patient"]))
+    for column in ("label", "patient", "x", "y", "height", "width", "file_name"):
+        np.testing.assert_array_equal(table[column], examples[column][order])
+    np.testing.assert_array_equal(np.asarray(table["image"]), examples["image"][order])
+
+
+def test_builds_and_loads_without_tensorflow(tmp_path):
+    # etils/TFDS treat `"tensorflow" in sys.modules` as "TensorFlow is loaded", so the usual
+    # sys.modules["tensorflow"] = None breaks TFDS's own import. An import hook that fails to load
+    # any tensorflow module is what a machine without TensorFlow looks like to TFDS.
+    script = textwrap.dedent(
+        f"""
+        import importlib.abc, importlib.machinery, sys
+
+        class NoTensorFlow(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+            def find_spec(self, name, path=None, target=None):
+                if name == "tensorflow" or name.startswith("tensorflow."):
+                    return importlib.machinery.ModuleSpec(name, self)
+            def create_module(self, spec):
+                raise ImportError("no TensorFlow here")
+            def exec_module(self, module):
+                raise ImportError("no TensorFlow here")
+
+        sys.meta_path.insert(0, NoTensorFlow())
+        try:
+            import tensorflow
+            raise SystemExit("tensorflow imported")
+        except ImportError:
+            pass
+        import input_pipeline
+        ds = input_pipeline.load_dataset(dict(dataset="synthetic_idc", synthetic_size="tiny",
+                                              data_dir={str(tmp_path)!r}))
+        batch = next(input_pipeline.iterate_batches(ds.train, global_batch_size=8))
+        assert batch["image"].shape == (8, 50, 50, 3)
+        assert sys.modules.get("tensorflow") is None
+        print("OK", len(ds.train) + len(ds.validation) + len(ds.test))
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"OK {synthetic.SIZES['tiny'].num_patches}" in result.stdout
