@@ -136,20 +136,40 @@ def class_weights(config: ml_collections.ConfigDict, train_labels: np.ndarray) -
 
 
 def create_train_state(
-    config: ml_collections.ConfigDict, tx: optax.GradientTransformation
+    config: ml_collections.ConfigDict,
+    tx: optax.GradientTransformation,
+    sharding: "Sharding | None" = None,
 ) -> tuple[TrainState, nnx.GraphDef, nnx.GraphDef]:
-    model = create_model(config, seed=config.seed)
-    train_graph, eval_graph, (params, batch_stats, rng_streams) = split_model(model)
-    state = TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        batch_stats=batch_stats,
-        rng_streams=rng_streams,
-        opt_state=tx.init(params),
-        epoch_metrics=TrainMetrics.empty(),
-        nonfinite_step=jnp.full((), -1, jnp.int32),
+    """The initial state, made by a jitted function directly in its (replicated) sharding.
+
+    Every process runs the same initialisation from the same seed, so no process has to send
+    parameters to the others; the graph definitions come from an abstract (shape-only) model.
+    """
+    train_graph, eval_graph, _ = split_model(
+        nnx.eval_shape(lambda: create_model(config, seed=config.seed))
     )
+
+    def init() -> TrainState:
+        _, _, (params, batch_stats, rng_streams) = split_model(
+            create_model(config, seed=config.seed)
+        )
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            batch_stats=batch_stats,
+            rng_streams=rng_streams,
+            opt_state=tx.init(params),
+            epoch_metrics=TrainMetrics.empty(),
+            nonfinite_step=jnp.full((), -1, jnp.int32),
+        )
+
+    out_shardings = sharding.replicated if sharding is not None else None
+    state = jax.jit(init, out_shardings=out_shardings)()
     return state, train_graph, eval_graph
+
+
+def reset_epoch_metrics(state: TrainState) -> TrainState:
+    return state.replace(epoch_metrics=TrainMetrics.empty())
 
 
 # ----------------------------------------------------------------------------- steps
@@ -271,7 +291,11 @@ class Sharding:
 
     @classmethod
     def over_all_devices(cls) -> "Sharding":
-        return cls(jax.make_mesh((jax.device_count(),), ("data",)))
+        # Auto axes: shardings are given at the jit boundary and XLA propagates them inside.
+        mesh = jax.make_mesh(
+            (jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,)
+        )
+        return cls(mesh)
 
     @property
     def batch(self) -> NamedSharding:
@@ -297,10 +321,31 @@ class Sharding:
 
 
 def to_host(array: jax.Array) -> np.ndarray:
-    """The whole (global) array on every host."""
+    """The whole (global) array of a batch-sharded result on every host."""
     if array.is_fully_addressable:
         return np.asarray(array)
     return np.asarray(multihost_utils.process_allgather(array, tiled=True))
+
+
+def replicated_to_host(tree):
+    """NumPy copies of replicated arrays: every process holds them whole, no communication."""
+    return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
+
+
+def epoch_metrics_on_host(state: TrainState) -> dict[str, float]:
+    metrics = replicated_to_host(state.epoch_metrics)
+    return {k: float(v) for k, v in metrics.compute().items()}
+
+
+def load_dataset_once(data_config: ml_collections.ConfigDict):
+    """Loads the data set; with several processes, process 0 builds and caches it first."""
+    if jax.process_count() == 1:
+        return input_pipeline.load_dataset(data_config)
+    dataset = input_pipeline.load_dataset(data_config) if jax.process_index() == 0 else None
+    multihost_utils.sync_global_devices("dataset prepared by process 0")
+    if dataset is None:
+        dataset = input_pipeline.load_dataset(data_config)
+    return dataset
 
 
 def compile_steps(
@@ -411,7 +456,7 @@ class RunContext:
 
 
 def check_finite(state: TrainState) -> None:
-    nonfinite_step = int(jax.device_get(state.nonfinite_step))
+    nonfinite_step = int(replicated_to_host(state.nonfinite_step))
     if nonfinite_step >= 0:
         raise FloatingPointError(
             f"the training loss became NaN or Inf at step {nonfinite_step}; the run stopped and "
@@ -481,7 +526,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if is_main_process:
         workdir.mkdir(parents=True, exist_ok=True)
 
-    dataset = input_pipeline.load_dataset(config.data)
+    dataset = load_dataset_once(config.data)
     log_data_banner(dataset)
     data_description = dataset_description(dataset)
     sharding = Sharding.over_all_devices()
@@ -498,8 +543,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     num_train_steps = config.num_epochs * steps_per_epoch
 
     tx = create_optimizer(config, steps_per_epoch)
-    state, train_graph, eval_graph = create_train_state(config, tx)
-    state = jax.device_put(state, sharding.replicated)
+    state, train_graph, eval_graph = create_train_state(config, tx, sharding)
     weights_per_class = class_weights(config, dataset.train.label)
     jit_train_step, jit_eval_step = compile_steps(
         config,
@@ -572,14 +616,15 @@ def _train_epochs(
     num_train_steps: int,
 ) -> tuple[TrainState, dict]:
     config, spe = context.config, context.steps_per_epoch
-    step = int(jax.device_get(state.step))
+    step = int(replicated_to_host(state.step))
     progress = reporting.ProgressReporter(num_train_steps, writer, config.log_every_steps)
+    jit_reset_epoch_metrics = jax.jit(
+        reset_epoch_metrics, out_shardings=context.sharding.replicated, donate_argnums=0
+    )
     while step < num_train_steps:
         epoch, start_batch = divmod(step, spe)
         if start_batch == 0:
-            state = state.replace(
-                epoch_metrics=jax.device_put(TrainMetrics.empty(), context.sharding.replicated)
-            )
+            state = jit_reset_epoch_metrics(state)
         timed_steps, timer_start = 0, None
         batches = _progress_bar(
             epoch_batches(context, epoch, start_batch),
@@ -600,7 +645,7 @@ def _train_epochs(
             progress(step)
             if step % config.log_every_steps == 0:
                 check_finite(state)
-                scalars = {f"train_{k}": v for k, v in state.epoch_metrics.compute().items()}
+                scalars = {f"train_{k}": v for k, v in epoch_metrics_on_host(state).items()}
                 writer.write_scalars(step, scalars)
             if step % config.checkpoint_every_steps == 0 and step % spe:
                 check_finite(state)
@@ -616,9 +661,9 @@ def _train_epochs(
 
 def _end_of_epoch(context, state, meta, jit_eval_step, checkpointer, writer):
     config = context.config
-    step = int(jax.device_get(state.step))
+    step = int(replicated_to_host(state.step))
     epoch = step // context.steps_per_epoch
-    train_metrics = {k: float(v) for k, v in state.epoch_metrics.compute().items()}
+    train_metrics = epoch_metrics_on_host(state)
     val_report, val_probabilities = evaluate_split(
         jit_eval_step, state, context.dataset.validation, config, context.sharding
     )
@@ -667,7 +712,7 @@ def _plot_title(config, meta) -> str:
 def _final_evaluation(context, state, meta, jit_eval_step, checkpointer, writer) -> dict:
     """Test metrics of the final model at 0.5 and at the threshold chosen on validation."""
     config = context.config
-    step = int(jax.device_get(state.step))
+    step = int(replicated_to_host(state.step))
     threshold = meta["history"][-1]["val_tuned_threshold"] if meta["history"] else 0.5
     test_report, test_probabilities = evaluate_split(
         jit_eval_step, state, context.dataset.test, config, context.sharding

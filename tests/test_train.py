@@ -113,17 +113,14 @@ def test_warmup_cosine_schedule_peaks_and_decays():
 
 @pytest.fixture(scope="module")
 def compiled(data_dir):
-    """One tiny model's state, jitted train step and a batch, shared (one compile) by the tests.
-
-    """
+    """One tiny model's state, jitted train step and a batch, shared (one compile) by the tests."""
     import input_pipeline
 
     config = tiny_config(data_dir, learning_rate=1e-3)
     dataset = input_pipeline.load_dataset(config.data)
     tx = train.create_optimizer(config, steps_per_epoch=1)
-    state, train_graph, eval_graph = train.create_train_state(config, tx)
     sharding = train.Sharding.over_all_devices()
-    state = jax.device_put(state, sharding.replicated)
+    state, train_graph, eval_graph = train.create_train_state(config, tx, sharding)
     step, _ = train.compile_steps(
         config,
         train_graph=train_graph,
@@ -152,7 +149,7 @@ def test_overfits_a_small_batch_to_full_accuracy(compiled):
     state = _fresh_copy(state)
     losses = []
     for _ in range(60):
-        state = state.replace(epoch_metrics=train.TrainMetrics.empty())
+        state = train.reset_epoch_metrics(state)
         state = step(state, batch)
         losses.append(float(state.epoch_metrics.compute()["loss"]))
     assert float(state.epoch_metrics.compute()["accuracy"]) == 1.0

@@ -22,9 +22,8 @@ def main(data_dir: str, learning_rate: float = 1e-4, num_steps: int = 6) -> None
     config = tiny_config(pathlib.Path(data_dir), learning_rate=learning_rate)
     dataset = input_pipeline.load_dataset(config.data)
     tx = train.create_optimizer(config, steps_per_epoch=1)
-    state, train_graph, eval_graph = train.create_train_state(config, tx)
     sharding = train.Sharding.over_all_devices()
-    state = jax.device_put(state, sharding.replicated)
+    state, train_graph, eval_graph = train.create_train_state(config, tx, sharding)
     step, _ = train.compile_steps(
         config,
         train_graph=train_graph,
@@ -38,9 +37,7 @@ def main(data_dir: str, learning_rate: float = 1e-4, num_steps: int = 6) -> None
         dataset.train, global_batch_size=16, seed=0, epoch=0, shuffle=True, drop_remainder=True
     )
     for _, batch in zip(range(num_steps), batches):
-        state = state.replace(
-            epoch_metrics=jax.device_put(train.TrainMetrics.empty(), sharding.replicated)
-        )
+        state = train.reset_epoch_metrics(state)
         state = step(state, sharding.put_batch({k: batch[k] for k in train.TRAIN_BATCH_KEYS}))
         losses.append(float(state.epoch_metrics.compute()["loss"]))
     print(json.dumps({"devices": jax.device_count(), "losses": losses}))

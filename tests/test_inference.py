@@ -1,0 +1,264 @@
+"""Inference: file discovery and name parsing, the predictions CSV, thresholds, and 8-view TTA.
+
+References are independent of `inference`: the network applied directly to the generator's own
+(already padded) arrays, PIL for decoding, numpy rot90/flip for the dihedral views.
+"""
+
+import csv
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+import inference
+import input_pipeline
+import predict
+import train
+from input_pipeline import synthetic
+from tests.test_train import tiny_config
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def trained_tiny_workdir(tmp_path_factory) -> pathlib.Path:
+    """A one-epoch tiny run (alpha 0.25, 32 px, tiny synthetic set), trained once per session.
+
+    Shared by test_inference, test_heatmap and test_reproduce through the session's base temp
+    directory: the first module to ask trains it, the others find its summary.json.
+    """
+    base = tmp_path_factory.getbasetemp()
+    workdir = base / "tiny_trained_run"
+    if not (workdir / "summary.json").is_file():
+        config = tiny_config(base / "tiny_run_tfds", num_epochs=1)
+        train.train_and_evaluate(config, str(workdir))
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> pathlib.Path:
+    return trained_tiny_workdir(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def synthetic_patches():
+    """40 synthetic patches of 2 patients, 2 of them truncated at the slide border."""
+    examples = synthetic.generate(num_patients=2, num_patches=40, seed=1)
+    assert np.any(examples["height"] < 50) or np.any(examples["width"] < 50)
+    assert 0 < examples["label"].sum() < 40
+    return examples
+
+
+@pytest.fixture(scope="module")
+def synthetic_folder(tmp_path_factory, synthetic_patches) -> pathlib.Path:
+    folder = tmp_path_factory.mktemp("synthetic_pngs")
+    synthetic.write_kaggle_layout(synthetic_patches, folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def reference_p_idc(tiny_run):
+    """P(IDC) by the restored network applied directly, without `inference`."""
+    config, model, _ = train.restore_for_inference(tiny_run)
+
+    @jax.jit
+    def p_idc(images):
+        inputs = input_pipeline.preprocess(images, config.preprocess, train=False)
+        return jax.nn.softmax(model(inputs).astype(np.float32))[:, 1]
+
+    return lambda images: np.asarray(p_idc(np.asarray(images)))
+
+
+# ----------------------------------------------------------------------------- files and names
+
+
+def test_parse_patch_name_reads_kaggle_names_with_and_without_label():
+    assert inference.parse_patch_name("8863_idx5_x1001_y2301_class1.png") == (
+        inference.PatchName(patient=8863, x=1001, y=2301, label=1)
+    )
+    assert inference.parse_patch_name("8863_idx5_x51_y1_class0.png").label == 0
+    assert inference.parse_patch_name("8863_idx5_x51_y101.png") == (
+        inference.PatchName(patient=8863, x=51, y=101, label=None)
+    )
+    assert inference.parse_patch_name("slide_crop_7.png") == inference.PatchName()
+    assert inference.parse_patch_name("8863_idx5_x51_y1_class2.png").label is None
+
+
+def test_find_png_files_recurses_sorts_deduplicates_and_reports_missing(tmp_path):
+    for relative in ("b/2.png", "b/sub/1.png", "a.png", "b/notes.txt", "b/UPPER.PNG"):
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / relative).write_bytes(b"x")
+    files, missing = inference.find_png_files(
+        [tmp_path / "b", tmp_path / "a.png", tmp_path / "b" / "2.png", tmp_path / "nope"]
+    )
+    relative = [f.relative_to(tmp_path).as_posix() for f in files]
+    assert relative == ["b/2.png", "b/UPPER.PNG", "b/sub/1.png", "a.png"]
+    assert missing == [(tmp_path / "nope", "no such file or folder")]
+
+
+def test_load_patch_pads_border_patches_with_white(synthetic_folder, synthetic_patches):
+    from PIL import Image
+
+    border = np.nonzero(synthetic_patches["height"] < 50)[0][0]
+    name = str(synthetic_patches["file_name"][border])
+    path = next(synthetic_folder.rglob(name))
+    patch = inference.load_patch(path)
+    on_disk = np.asarray(Image.open(path))
+    h, w = on_disk.shape[:2]
+    assert (patch.height, patch.width) == (h, w) and h < 50
+    assert patch.image.shape == (50, 50, 3)
+    np.testing.assert_array_equal(patch.image[:h, :w], on_disk)
+    assert np.all(patch.image[h:] == 255) and np.all(patch.image[:, w:] == 255)
+
+
+def test_load_patch_reports_corrupt_and_missing_files(tmp_path):
+    corrupt = tmp_path / "broken.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    assert inference.load_patch(corrupt).error == "skipped_corrupt_png"
+    assert "unreadable file" in inference.load_patch(tmp_path / "gone.png").error
+
+
+# ----------------------------------------------------------------------------- predictions
+
+
+@pytest.fixture(scope="module")
+def csv_run(tiny_run, synthetic_folder, tmp_path_factory):
+    """predict_to_csv of the synthetic folder, an unlabelled copy, a corrupt and a missing file."""
+    extra = tmp_path_factory.mktemp("extra")
+    first = sorted(synthetic_folder.rglob("*.png"))[0]
+    unlabelled = extra / first.name.replace("_class0", "").replace("_class1", "")
+    unlabelled.write_bytes(first.read_bytes())
+    corrupt = extra / "corrupt.png"
+    corrupt.write_bytes(b"not a png at all")
+    output = extra / "preds.csv"
+    result = predict.predict_to_csv(
+        str(tiny_run),
+        [str(synthetic_folder), str(unlabelled), str(corrupt), str(extra / "missing.png")],
+        str(output),
+        batch_size=16,  # 41 readable files: 3 batches, the last one padded
+    )
+    with output.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    return result, rows, output, unlabelled, corrupt
+
+
+def test_csv_has_one_row_per_readable_file_with_what_the_name_says(csv_run, synthetic_patches):
+    result, rows, output, unlabelled, _ = csv_run
+    assert list(rows[0]) == list(inference.CSV_COLUMNS)
+    assert result["predicted"] == len(rows) == 41
+    by_name = {pathlib.Path(r["file"]).name: r for r in rows}
+    for i, name in enumerate(synthetic_patches["file_name"]):
+        row = by_name[name]
+        assert int(row["patient"]) == synthetic_patches["patient"][i]
+        assert int(row["x"]) == synthetic_patches["x"][i]
+        assert int(row["y"]) == synthetic_patches["y"][i]
+        assert int(row["true_label"]) == synthetic_patches["label"][i]
+    unlabelled_row = by_name[unlabelled.name]
+    assert unlabelled_row["true_label"] == "" and unlabelled_row["patient"] != ""
+
+
+def test_csv_probabilities_match_the_network_applied_directly(
+    csv_run, synthetic_patches, reference_p_idc
+):
+    _, rows, *_ = csv_run
+    by_name = {pathlib.Path(r["file"]).name: r for r in rows}
+    expected = reference_p_idc(synthetic_patches["image"])
+    got = np.array([float(by_name[n]["p_idc"]) for n in synthetic_patches["file_name"]])
+    np.testing.assert_allclose(got, expected, atol=2e-6)
+    # The unlabelled file is a copy of one of them: same pixels, same probability.
+    copy = [r for r in rows if r["true_label"] == ""][0]
+    original = [
+        r
+        for r in rows
+        if pathlib.Path(r["file"]).name.startswith(pathlib.Path(copy["file"]).stem + "_class")
+    ][0]
+    assert copy["p_idc"] == original["p_idc"]
+
+
+def test_predicted_labels_follow_p_idc_and_the_threshold(csv_run):
+    result, rows, *_ = csv_run
+    assert result["threshold"] == 0.5
+    for row in rows:
+        assert int(row["predicted_label"]) == int(float(row["p_idc"]) >= 0.5)
+
+
+def test_unreadable_files_are_listed_not_fatal(csv_run):
+    result, _, output, _, corrupt = csv_run
+    listed = pathlib.Path(f"{output}.errors.txt").read_text().splitlines()
+    assert result["unreadable"] == 2 == len(listed)
+    assert f"{corrupt}\tskipped_corrupt_png" in listed
+    assert any(line.startswith(str(output.parent / "missing.png")) for line in listed)
+
+
+def test_validation_threshold_is_the_one_training_recorded(tiny_run):
+    with (tiny_run / "history.csv").open(newline="") as f:
+        last = list(csv.DictReader(f))[-1]
+    step = int(last["step"])
+    assert inference.resolve_threshold("validation", tiny_run, step) == pytest.approx(
+        float(last["val_tuned_threshold"])
+    )
+    assert inference.resolve_threshold("0.3", tiny_run, step) == 0.3
+    with pytest.raises(ValueError, match="no validation threshold for step"):
+        inference.validation_threshold(tiny_run, step + 1)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        inference.resolve_threshold("1.5", tiny_run, step)
+
+
+def test_predictor_pads_the_last_batch_and_returns_one_value_per_image(
+    tiny_run, synthetic_patches, reference_p_idc
+):
+    predictor, _, _ = inference.Predictor.from_workdir(tiny_run, batch_size=16)
+    images = synthetic_patches["image"][:21]
+    np.testing.assert_allclose(predictor(images), reference_p_idc(images), atol=2e-6)
+    assert predictor(images[:0]).shape == (0,)
+
+
+def numpy_dihedral_view(images: np.ndarray, k: int) -> np.ndarray:
+    """k quarter turns counter-clockwise of [B, H, W, C], then a left-right mirror if k >= 4."""
+    turned = np.rot90(images, k=k % 4, axes=(1, 2))
+    return turned[:, :, ::-1] if k >= 4 else turned
+
+
+def test_tta_is_the_mean_of_the_eight_dihedral_views(tiny_run, synthetic_patches):
+    config, model, _ = train.restore_for_inference(tiny_run)
+    images = synthetic_patches["image"][:16]
+    single = inference.Predictor(model, config.preprocess, batch_size=16, tta=False)
+    tta = inference.Predictor(model, config.preprocess, batch_size=16, tta=True)
+    per_view = np.stack([single(numpy_dihedral_view(images, k)) for k in range(8)])
+    # The views must disagree, or the test could not tell TTA from a single view.
+    assert np.max(np.std(per_view, axis=0)) > 1e-4
+    np.testing.assert_allclose(tta(images), per_view.mean(axis=0), atol=2e-6)
+
+
+# ----------------------------------------------------------------------------- the command
+
+
+def test_predict_command_writes_csv_and_prints_throughput(tiny_run, synthetic_folder, tmp_path):
+    output = tmp_path / "cli.csv"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "predict.py",
+            f"--workdir={tiny_run}",
+            f"--output={output}",
+            "--threshold=validation",
+            "--batch_size=32",
+            str(synthetic_folder),
+            str(tmp_path / "nothing_here"),
+        ],
+        cwd=REPO,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "40 patches predicted" in result.stdout and "images/s" in result.stdout
+    assert "1 unreadable" in result.stdout
+    assert f"unreadable: {tmp_path / 'nothing_here'}" in result.stderr
+    with output.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 40
