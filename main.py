@@ -8,6 +8,7 @@ Rerunning the same command resumes from the newest checkpoint in --workdir.
 
 import logging as std_logging
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -21,6 +22,7 @@ class _HideLibraryChatter(std_logging.Filter):
     def filter(self, record: std_logging.LogRecord) -> bool:
         return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
 
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and plots.")
 config_flags.DEFINE_config_file(
@@ -33,9 +35,18 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     logging.get_absl_handler().addFilter(_HideLibraryChatter())
-    distributed.initialize(FLAGS.config.distributed)
+    multi_process = distributed.initialize(FLAGS.config.distributed)
     logging.info("Config:\n%s", FLAGS.config)
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    try:
+        train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    except jax.errors.JaxRuntimeError:
+        if multi_process:
+            logging.error(
+                "A collective operation failed: another process of this run failed or was "
+                "killed (see its log). Rerun all processes with the same command to resume "
+                "from the last checkpoint."
+            )
+        raise
 
 
 if __name__ == "__main__":
