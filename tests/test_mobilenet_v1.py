@@ -1,0 +1,74 @@
+"""MobileNetV1: sizes against the published Keras numbers, feature-map sizes, block structure."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import mobilenets
+from mobilenets import mobilenet_v1
+from mobilenets.mobilenet_v1 import DepthwiseSeparable, MobileNetV1
+
+
+def _abstract(**kwargs):
+    return nnx.eval_shape(lambda: MobileNetV1(rngs=nnx.Rngs(0), **kwargs))
+
+
+def _count(model, kind):
+    return sum(x.size for x in jax.tree.leaves(nnx.state(model, kind)))
+
+
+@pytest.mark.parametrize(
+    "alpha, params, batch_stats",
+    # tf.keras.applications.MobileNet(alpha=..., weights=None).summary(): trainable / non-trainable.
+    [(1.0, 4_231_976, 21_888), (0.5, 1_331_592, 10_944), (0.25, 470_072, 5_472)],
+)
+def test_published_parameter_counts(alpha, params, batch_stats):
+    model = _abstract(alpha=alpha, num_classes=1000)  # nnx.eval_shape: allocates nothing
+    assert _count(model, nnx.Param) == params
+    assert _count(model, nnx.BatchStat) == batch_stats
+    profile = mobilenets.profile("mobilenet_v1", alpha=alpha, num_classes=1000)
+    assert (profile.params, profile.batch_stats) == (params, batch_stats)
+
+
+def test_layer_widths_follow_table_1_with_truncation():
+    model = _abstract(alpha=0.75)
+    assert model.stem.out_features == 24
+    widths = [block.pointwise.out_features for block in model.blocks]
+    assert widths == [48, 96, 96, 192, 192, 384, 384, 384, 384, 384, 384, 768, 768]
+    strides = [block.depthwise.stride for block in model.blocks]
+    assert strides == [1, 2, 1, 2, 1, 2, 1, 1, 1, 1, 1, 2, 1]
+    # Keras truncates: int(64 * 0.3) = 19 (V2 would round to a multiple of 8).
+    assert mobilenet_v1.channels(64, 0.3) == 19
+
+
+@pytest.mark.parametrize("size, final", [(224, 7), (192, 6), (160, 5), (128, 4), (50, 2), (32, 1)])
+def test_final_feature_map_size(size, final):
+    images = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+    features = jax.eval_shape(
+        lambda x: MobileNetV1(alpha=0.25, rngs=nnx.Rngs(0)).features(x), images
+    )
+    assert features.shape == (1, final, final, 256)
+    assert mobilenets.profile("mobilenet_v1", alpha=0.25, image_size=size).feature_size == final
+
+
+def test_separable_block_is_depthwise_then_pointwise_each_with_relu6():
+    block = DepthwiseSeparable(
+        4, 8, 2, bn_momentum=0.99, bn_epsilon=1e-3, depthwise_impl="auto", rngs=nnx.Rngs(0)
+    )
+    assert block.depthwise.kind == "depthwise" and block.depthwise.stride == 2
+    assert block.pointwise.kind == "pointwise"
+    assert block.depthwise.activation and block.pointwise.activation
+    assert nnx.state(block, nnx.Param)["depthwise"]["conv"]["kernel"].shape == (3, 3, 1, 4)
+    assert nnx.state(block, nnx.Param)["pointwise"]["conv"]["kernel"].shape == (1, 1, 4, 8)
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 7, 7, 4)) * 10, jnp.float32)
+    y = np.asarray(block(x))
+    assert y.shape == (2, 4, 4, 8)
+    assert y.min() == 0.0 and y.max() <= 6.0  # ReLU6 after the pointwise convolution
+
+
+def test_conv_specs_describe_the_built_model():
+    specs, features = mobilenet_v1.conv_specs(1.0)
+    assert len(specs) == 1 + 2 * 13 and features == 1024
+    assert [s.kind for s in specs[:3]] == ["dense", "depthwise", "pointwise"]

@@ -1,0 +1,188 @@
+"""Whole-model tests shared by MobileNetV1 and MobileNetV2: gradients, mixed precision, train/eval,
+the registry, and multiply-adds counted from the traced computation (independent of the profile)."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+import mobilenets
+
+MODELS = ["mobilenet_v1", "mobilenet_v2"]
+SIZE = 32
+BATCH = 4
+
+
+def _images(size=SIZE, batch=BATCH, seed=0):
+    return jnp.asarray(
+        np.random.default_rng(seed).uniform(-1, 1, (batch, size, size, 3)), jnp.float32
+    )
+
+
+@pytest.fixture(scope="module", params=MODELS)
+def trained_once(request):
+    """One jitted loss-and-gradient evaluation of a small model in train mode (one compile).
+
+    The grouped depthwise form compiles about twice as fast on CPU as the shifted one; that the two
+    give the same values and gradients is tested layer by layer in test_layers.py.
+    """
+    name = request.param
+    model = mobilenets.create(
+        name, alpha=0.25, depthwise_impl="grouped", rngs=nnx.Rngs(0, dropout=1)
+    )
+    model.train()
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    labels = jnp.array([0, 1, 1, 0])
+
+    @jax.jit
+    def loss_and_grads(params, rest, images):
+        def loss_fn(params):
+            model = nnx.merge(graphdef, params, rest, copy=True)
+            logits = model(images)
+            loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+            return loss, (logits, nnx.state(model, nnx.Not(nnx.Param)))
+
+        return jax.value_and_grad(loss_fn, has_aux=True)(params)
+
+    (loss, (logits, new_rest)), grads = loss_and_grads(params, rest, _images())
+    return name, rest, new_rest, logits, grads
+
+
+def test_gradients_reach_every_parameter(trained_once):
+    name, _, _, logits, grads = trained_once
+    assert logits.shape == (BATCH, 2) and logits.dtype == jnp.float32
+    flat = nnx.to_flat_state(grads)
+    assert len(flat) > 50
+    for path, grad in flat:
+        assert np.all(np.isfinite(grad[...])), path
+        assert np.any(grad[...] != 0), f"{name}: no gradient reaches {path}"
+
+
+def test_train_mode_updates_every_batchnorm_statistic(trained_once):
+    _, before, after, _, _ = trained_once
+    before = dict(nnx.to_flat_state(nnx.filter_state(before, nnx.BatchStat)))
+    after = dict(nnx.to_flat_state(nnx.filter_state(after, nnx.BatchStat)))
+    assert before.keys() == after.keys() and before
+    for path in before:
+        assert not np.array_equal(before[path][...], after[path][...]), path
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_eval_mode_is_deterministic_and_freezes_statistics(name):
+    model = mobilenets.create(name, alpha=0.25, dropout_rate=0.5, rngs=nnx.Rngs(0))
+    model.eval()
+    stats = jax.tree.map(np.asarray, nnx.state(model, nnx.BatchStat))
+    forward = nnx.jit(lambda model, x: model(x))
+    images = _images()
+    first, second = forward(model, images), forward(model, images)
+    np.testing.assert_array_equal(first, second)
+    jax.tree.map(np.testing.assert_array_equal, stats, nnx.state(model, nnx.BatchStat))
+    # With running statistics each image's logits do not depend on the rest of the batch.
+    np.testing.assert_allclose(forward(model, images[:2]), first[:2], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_bfloat16_forward_close_to_float32(name):
+    images = _images(seed=3)
+    logits = {}
+    for dtype in (jnp.float32, jnp.bfloat16):
+        model = mobilenets.create(name, alpha=0.25, num_classes=10, dtype=dtype, rngs=nnx.Rngs(0))
+        # Running statistics: a fixed function of the parameters. (Batch statistics over a
+        # 1x1 final map of 4 images would amplify rounding differences arbitrarily.)
+        model.eval()
+        logits[dtype] = nnx.jit(lambda model, x: model(x))(model, images)
+        for leaf in jax.tree.leaves(nnx.state(model)):
+            assert leaf.dtype != jnp.bfloat16  # parameters and statistics stay float32
+        features = jax.eval_shape(model.features, images)  # traces, does not compile
+        assert features.dtype == dtype  # activations really are stored in the compute dtype
+    assert logits[jnp.bfloat16].dtype == jnp.float32
+    reference = np.asarray(logits[jnp.float32])
+    relative_error = np.linalg.norm(logits[jnp.bfloat16] - reference) / np.linalg.norm(reference)
+    # bfloat16 keeps 8 significant bits (0.4%); over ~50 layers, with V2's unnormalised residual
+    # sums, about 1% (V1) and 5% (V2) accumulate. A wrong weight or layer would give ~100%.
+    assert relative_error < 0.1
+
+
+def test_create_registry():
+    assert set(mobilenets.ARCHITECTURES) == set(MODELS)
+    model = nnx.eval_shape(lambda: mobilenets.create("mobilenet_v2", rngs=nnx.Rngs(0)))
+    assert isinstance(model, mobilenets.MobileNetV2)
+    assert model.head.classifier.out_features == 2  # num_classes default
+    assert model.head.dropout.rate == 0.0 and model.stem.norm.momentum == 0.999
+    v1 = nnx.eval_shape(lambda: mobilenets.create("mobilenet_v1", rngs=nnx.Rngs(0)))
+    assert v1.head.dropout.rate == 1e-3 and v1.stem.norm.momentum == 0.99
+    assert v1.stem.norm.epsilon == 1e-3
+    with pytest.raises(ValueError):
+        mobilenets.create("mobilenet_v3", rngs=nnx.Rngs(0))
+
+
+def traced_macs(name: str, image_size: int, num_classes: int, alpha: float = 1.0) -> int:
+    """Multiply-adds of every convolution and matrix product in the traced forward pass.
+
+    Reads the jaxpr of the real model (grouped depthwise, so every depthwise layer is a
+    `conv_general_dilated`), not the tables, so it checks `mobilenets.profile` independently.
+    """
+    model = nnx.eval_shape(
+        lambda: mobilenets.create(
+            name, alpha=alpha, num_classes=num_classes, depthwise_impl="grouped", rngs=nnx.Rngs(0)
+        )
+    )
+    model.eval()
+    graphdef, state = nnx.split(model)
+    images = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
+    jaxpr = jax.make_jaxpr(lambda state, x: nnx.merge(graphdef, state)(x))(state, images)
+
+    def count(jaxpr) -> int:
+        total = 0
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == "conv_general_dilated":
+                out = eqn.outvars[0].aval.shape
+                kernel = eqn.invars[1].aval.shape  # HWIO; I is per group already
+                total += math.prod(out) * kernel[0] * kernel[1] * kernel[2]
+            elif eqn.primitive.name == "dot_general":
+                (contract, _), _ = eqn.params["dimension_numbers"]
+                lhs = eqn.invars[0].aval.shape
+                total += math.prod(eqn.outvars[0].aval.shape) * math.prod(lhs[d] for d in contract)
+            for sub in jax.core.jaxprs_in_params(eqn.params):
+                total += count(sub)
+        return total
+
+    return count(jaxpr.jaxpr)
+
+
+@pytest.mark.parametrize(
+    "name, published", [("mobilenet_v1", 568_740_352), ("mobilenet_v2", 300_774_272)]
+)
+def test_multiply_adds_at_224(name, published):
+    assert mobilenets.profile(name, alpha=1.0, image_size=224, num_classes=1000).macs == published
+    assert traced_macs(name, 224, 1000) == published
+
+
+@pytest.mark.parametrize(
+    "name, alpha, size",
+    [
+        ("mobilenet_v1", 0.5, 96),
+        ("mobilenet_v1", 0.25, 50),
+        ("mobilenet_v2", 0.35, 50),
+        ("mobilenet_v2", 1.4, 161),
+    ],
+)
+def test_profile_macs_equal_traced_macs(name, alpha, size):
+    profile = mobilenets.profile(name, alpha=alpha, image_size=size, num_classes=2)
+    assert profile.macs == traced_macs(name, size, num_classes=2, alpha=alpha)
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("alpha, num_classes", [(1.0, 1000), (0.75, 2), (1.3, 7)])
+def test_profile_counts_equal_instantiated_model(name, alpha, num_classes):
+    model = nnx.eval_shape(
+        lambda: mobilenets.create(name, alpha=alpha, num_classes=num_classes, rngs=nnx.Rngs(0))
+    )
+    params = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    stats = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.BatchStat)))
+    profile = mobilenets.profile(name, alpha=alpha, num_classes=num_classes)
+    assert (profile.params, profile.batch_stats) == (params, stats)
