@@ -14,7 +14,8 @@ Choices the paper leaves open, and why:
 - global_batch_size 64: the paper does not say; 64 fits every device and keeps the 1e-4 Adam recipe
   stable. It is split over all devices (and processes) of the run.
 - data.dataset "auto": the real Kaggle set when it is prepared or its download sits in the manual
-  directory, else the synthetic twin (a banner says so, and "synthetic" is written into every output).
+  directory, else the synthetic twin (a banner says so, and "synthetic" is written into every
+  output).
 """
 
 import ml_collections
@@ -43,7 +44,8 @@ def get_config() -> ml_collections.ConfigDict:
             data_dir="",  # TFDS data_dir; "" = ~/tensorflow_datasets or $TFDS_DATA_DIR
             manual_dir="",  # the Kaggle download; "" = <data_dir>/downloads/manual
             synthetic_size="small",  # "tiny" | "small" | "full"
-            split="patient",  # "patient" | "published" | "random_patch" (the paper's, leaks patients)
+            # "patient" | "published" | "random_patch" (the paper's protocol: leaks patients)
+            split="patient",
             split_seed=0,
             validation_fraction=0.15,
             test_fraction=0.15,
