@@ -111,12 +111,11 @@ def test_warmup_cosine_schedule_peaks_and_decays():
     assert float(schedule(40)) == pytest.approx(0.0, abs=1e-12)
 
 
-@pytest.fixture(scope="module")
-def compiled(data_dir):
-    """One tiny model's state, jitted train step and a batch, shared (one compile) by the tests."""
+def tiny_trainer(data_dir: pathlib.Path, learning_rate: float):
+    """(state, jitted train step, training batches as global arrays, sharding) of a tiny model."""
     import input_pipeline
 
-    config = tiny_config(data_dir, learning_rate=1e-3)
+    config = tiny_config(data_dir, learning_rate=learning_rate)
     dataset = input_pipeline.load_dataset(config.data)
     tx = train.create_optimizer(config, steps_per_epoch=1)
     sharding = train.Sharding.over_all_devices()
@@ -129,13 +128,21 @@ def compiled(data_dir):
         weights_per_class=np.ones(2, np.float32),
         sharding=sharding,
     )
-    batch = next(
-        input_pipeline.iterate_batches(
+    batches = (
+        sharding.put_batch({k: batch[k] for k in train.TRAIN_BATCH_KEYS})
+        for batch in input_pipeline.iterate_batches(
             dataset.train, global_batch_size=16, seed=0, epoch=0, shuffle=True, drop_remainder=True
         )
     )
-    assert 0 < batch["label"].sum() < 16, "the batch should hold both classes"
-    batch = sharding.put_batch({k: batch[k] for k in train.TRAIN_BATCH_KEYS})
+    return state, step, batches
+
+
+@pytest.fixture(scope="module")
+def compiled(data_dir):
+    """One tiny model's state, jitted train step and a batch, shared (one compile) by the tests."""
+    state, step, batches = tiny_trainer(data_dir, learning_rate=1e-3)
+    batch = next(batches)
+    assert 0 < int(batch["label"].sum()) < 16, "the batch should hold both classes"
     return state, step, batch
 
 
