@@ -7,6 +7,7 @@ Rerunning the same command resumes from the newest checkpoint in --workdir.
 """
 
 import logging as std_logging
+import sys
 
 import jax
 from absl import app, flags, logging
@@ -14,6 +15,7 @@ from ml_collections import config_flags
 
 import distributed
 import train
+from input_pipeline.kaggle_idc import ManualDownloadMissingError
 
 
 class _HideLibraryChatter(std_logging.Filter):
@@ -39,6 +41,10 @@ def main(argv):
     logging.info("Config:\n%s", FLAGS.config)
     try:
         train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    except ManualDownloadMissingError as error:
+        # The user's next step, not a bug: the message says what to download and where.
+        logging.error("%s", error)
+        sys.exit(2)
     except jax.errors.JaxRuntimeError:
         if multi_process:
             logging.error(

@@ -270,3 +270,10 @@ def test_eight_devices_follow_the_single_device_trajectory(data_dir):
     single, eight = losses(1), losses(8)
     assert single[-1] < single[0]
     np.testing.assert_allclose(eight, single, rtol=1e-4)
+
+
+def test_missing_kaggle_download_says_what_to_do(tmp_path):
+    result = run_main(tmp_path / "run", tmp_path / "tfds", "--config.data.dataset=kaggle_idc")
+    assert result.returncode == 2
+    assert "kaggle.com/datasets/paultimothymooney/breast-histopathology-images" in result.stderr
+    assert "--config.data.dataset=synthetic_idc" in result.stderr
