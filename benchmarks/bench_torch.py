@@ -1,0 +1,394 @@
+"""The peer of `bench_jax.py`: the same measurements for PyTorch, on the same device and data.
+
+What a PyTorch user would run instead of this project:
+- on a GPU, timm's `mobilenetv1_100` and torchvision's `mobilenet_v2` (num_classes=2), bfloat16
+  autocast, channels_last, cuDNN autotuning (`cudnn.benchmark`) and fused Adam, each both eager
+  and under `torch.compile` (`--no_compile` skips the latter, whose compile takes minutes);
+- on a CPU, where timm and torchvision are usually absent, the hand-written equivalents of
+  `benchmarks/torch_models.py` (same layers and channel counts as ours), float32, channels_last
+  (faster than NCHW on CPU, see cpu_train_step.py), eager.
+
+Like for like with ours: Adam at 1e-4 and softmax cross-entropy; the batch starts as uint8 50x50
+patches on the device, and the step itself scales them to [-1, 1] and resizes them (bilinear) to
+the model's size, as our train step does; input feeding uses the project's own
+`input_pipeline.iterate_batches` and then pinned-memory copies. Timing is the same as bench_jax's:
+the median over windows of `--window` steps after `--warmup` steps, each window closed by a device
+synchronisation. `compile_s` is the first call's time less a steady step (graph capture and
+Inductor code generation under torch.compile; cuDNN autotuning in eager mode); peak memory is
+`torch.cuda.max_memory_allocated` of each configuration alone (null on CPU).
+
+torch is optional: without it this script writes a results file that says so and exits 0.
+
+    python benchmarks/bench_torch.py                      # GPU grid of the issue
+    python benchmarks/bench_torch.py --sizes 50 96 --batches 64   # CPU figures of RESULTS.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import os
+import pathlib
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+BENCH_DIR = pathlib.Path(__file__).resolve().parent
+REPO_ROOT = BENCH_DIR.parent
+sys.path[:0] = [str(REPO_ROOT), str(BENCH_DIR)]
+
+# The project's input pipeline imports JAX; it must never take the GPU from PyTorch here.
+os.environ["JAX_PLATFORMS"] = "cpu"
+
+import compare  # noqa: E402
+import numpy as np  # noqa: E402
+from bench_data import synthetic_split  # noqa: E402
+
+import input_pipeline  # noqa: E402
+
+try:
+    import torch
+    import torch.nn.functional as F
+except ImportError:  # optional: main() then writes a results file that says so
+    torch = None
+
+MODELS = ("mobilenet_v1", "mobilenet_v2")
+GPU_BATCH_FOR_SIZE = {224: 256, 96: 1024, 50: 1024}
+CPU_BATCH = 64
+NUM_CLASSES = 2
+LEARNING_RATE = 1e-4
+PATCH_SIZE = 50
+REAL_NUM_PATCHES = 277_524
+
+
+def library_model(name: str, alpha: float):
+    """timm's MobileNetV1 or torchvision's MobileNetV2, untrained, two classes."""
+    if name == "mobilenet_v1":
+        import timm
+
+        if alpha != 1.0:
+            raise ValueError("timm ships mobilenetv1_100 (alpha 1.0); use --source handwritten")
+        return timm.create_model("mobilenetv1_100", pretrained=False, num_classes=NUM_CLASSES)
+    import torchvision
+
+    return torchvision.models.mobilenet_v2(weights=None, num_classes=NUM_CLASSES, width_mult=alpha)
+
+
+def handwritten_model(name: str, alpha: float):
+    import torch_models
+
+    return torch_models.TORCH_MODELS[name](NUM_CLASSES, alpha)
+
+
+def resolve_source(source: str, on_gpu: bool) -> str:
+    """ "library" (timm/torchvision) on GPU when importable, else "handwritten"."""
+    if source != "auto":
+        return source
+    if not on_gpu:
+        return "handwritten"
+    try:
+        import timm  # noqa: F401
+        import torchvision  # noqa: F401
+    except ImportError:
+        return "handwritten"
+    return "library"
+
+
+class TorchTrainer:
+    """Model, fused Adam and the train / eval steps of one configuration, eager or compiled."""
+
+    def __init__(self, model_name: str, image_size: int, args: argparse.Namespace):
+        self.device = torch.device(args.device)
+        self.on_gpu = self.device.type == "cuda"
+        self.image_size = image_size
+        self.autocast_dtype = {"bfloat16": torch.bfloat16, "float32": None}[args.dtype]
+        make = library_model if args.source == "library" else handwritten_model
+        torch.manual_seed(0)
+        model = make(model_name, args.alpha).to(self.device, memory_format=torch.channels_last)
+        self.model = model
+        self.optimizer = torch.optim.Adam(
+            model.parameters(), lr=LEARNING_RATE, fused=True if self.on_gpu else None
+        )
+        self.forward = torch.compile(model) if args.variant == "compile" else model
+
+    def inputs(self, images_uint8):
+        """uint8 NHWC patches -> [-1, 1] channels_last NCHW at the model's size (as ours)."""
+        x = images_uint8.permute(0, 3, 1, 2).float() * (2.0 / 255.0) - 1.0
+        if x.shape[-1] != self.image_size:
+            # Bilinear, half-pixel centres: jax.image.resize's upsampling (antialias only acts
+            # when shrinking).
+            size = (self.image_size, self.image_size)
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        return x.contiguous(memory_format=torch.channels_last)
+
+    def _autocast(self):
+        return torch.autocast(
+            self.device.type,
+            dtype=self.autocast_dtype or torch.float32,
+            enabled=self.autocast_dtype is not None,
+        )
+
+    def train_step(self, images, labels):
+        self.model.train()
+        with self._autocast():
+            logits = self.forward(self.inputs(images))
+        loss = F.cross_entropy(logits.float(), labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss
+
+    def eval_step(self, images, labels):
+        self.model.eval()
+        with torch.inference_mode(), self._autocast():
+            logits = self.forward(self.inputs(images)).float()
+        return torch.softmax(logits, -1)[:, 1], F.cross_entropy(logits, labels, reduction="none")
+
+    def synchronize(self):
+        if self.on_gpu:
+            torch.cuda.synchronize(self.device)
+
+
+def median_step_seconds(
+    step: Callable[[], Any], synchronize: Callable[[], None], warmup: int, steps: int, window: int
+) -> tuple[float, list[float], float]:
+    """(median seconds per step over windows, every window's, the first call's seconds)."""
+    start = time.perf_counter()
+    step()
+    synchronize()
+    first_s = time.perf_counter() - start
+    for _ in range(warmup - 1):
+        step()
+    synchronize()
+    per_step = []
+    for _ in range(max(1, steps // window)):
+        start = time.perf_counter()
+        for _ in range(window):
+            step()
+        synchronize()
+        per_step.append((time.perf_counter() - start) / window)
+    return statistics.median(per_step), per_step, first_s
+
+
+def to_device(batch: dict[str, np.ndarray], device) -> tuple[Any, Any]:
+    """Host batch -> device tensors (pinned and asynchronous on a GPU, as DataLoader does)."""
+    images, labels = torch.from_numpy(batch["image"]), torch.from_numpy(batch["label"]).long()
+    if device.type == "cuda":
+        images, labels = images.pin_memory(), labels.pin_memory()
+        return images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+    return images, labels
+
+
+def feeding_rate(split, batch_size: int, device, num_batches: int) -> dict[str, float]:
+    def batches():
+        iterator = input_pipeline.iterate_batches(split, batch_size, seed=0, epoch=0)
+        yield from (batch for _, batch in zip(range(num_batches), iterator))
+
+    start = time.perf_counter()
+    count = sum(1 for _ in batches())
+    host_s = time.perf_counter() - start
+    start = time.perf_counter()
+    for batch in batches():
+        to_device(batch, device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    device_s = time.perf_counter() - start
+    return {
+        "feed_host_images_per_s": count * batch_size / host_s,
+        "feed_images_per_s": count * batch_size / device_s,
+    }
+
+
+def train_epoch(trainer: TorchTrainer, split, batch_size: int) -> dict[str, float]:
+    start = time.perf_counter()
+    feed_s, steps = 0.0, 0
+    batches = input_pipeline.iterate_batches(split, batch_size, seed=0, epoch=0)
+    while True:
+        feed_start = time.perf_counter()
+        batch = next(batches, None)
+        if batch is None:
+            break
+        images, labels = to_device(batch, trainer.device)
+        feed_s += time.perf_counter() - feed_start
+        trainer.train_step(images, labels)
+        steps += 1
+    trainer.synchronize()
+    return {"wall_s": time.perf_counter() - start, "feed_s": feed_s, "images": steps * batch_size}
+
+
+def benchmark_configuration(
+    model_name: str, image_size: int, batch_size: int, args, epoch_split, feeding
+) -> dict[str, Any]:
+    trainer = TorchTrainer(model_name, image_size, args)
+    if trainer.on_gpu:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(trainer.device)
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (batch_size, PATCH_SIZE, PATCH_SIZE, 3), generator=generator)
+    images = images.to(torch.uint8).to(trainer.device)
+    labels = torch.randint(0, NUM_CLASSES, (batch_size,), generator=generator).to(trainer.device)
+
+    train_s, train_windows, train_first_s = median_step_seconds(
+        lambda: trainer.train_step(images, labels),
+        trainer.synchronize,
+        args.warmup,
+        args.steps,
+        args.window,
+    )
+    eval_s, _, eval_first_s = median_step_seconds(
+        lambda: trainer.eval_step(images, labels),
+        trainer.synchronize,
+        args.warmup,
+        args.steps,
+        args.window,
+    )
+    epoch = train_epoch(trainer, epoch_split, batch_size) if epoch_split else None
+    peak = torch.cuda.max_memory_allocated(trainer.device) if trainer.on_gpu else None
+    source = "timm/torchvision" if args.source == "library" else "hand-written"
+    return {
+        "framework": "torch",
+        "variant": f"{args.variant} ({source})",
+        "model": model_name,
+        "image_size": image_size,
+        "batch_size": batch_size,
+        "dtype": args.dtype,
+        "alpha": args.alpha,
+        "train_images_per_s": batch_size / train_s,
+        "train_step_ms": 1e3 * train_s,
+        "train_step_ms_windows": [1e3 * s for s in train_windows],
+        "eval_images_per_s": batch_size / eval_s,
+        "compile_s": max(0.0, train_first_s - train_s) + max(0.0, eval_first_s - eval_s),
+        "peak_memory_bytes": peak,
+        **feeding,
+        "epoch_images": epoch["images"] if epoch else None,
+        "epoch_s": epoch["wall_s"] if epoch else None,
+        "epoch_feed_s": epoch["feed_s"] if epoch else None,
+    }
+
+
+def versions() -> dict[str, str | None]:
+    found = {"torch": torch.__version__}
+    for package in ("torchvision", "timm"):
+        try:
+            found[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            found[package] = None
+    return found
+
+
+def parse_args(argv: Sequence[str] | None, on_gpu: bool) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument(
+        "--sizes", nargs="+", type=int, default=[224, 96, 50] if on_gpu else [50, 96]
+    )
+    parser.add_argument("--batches", nargs="+", type=int, default=None)
+    parser.add_argument(
+        "--dtype", default="bfloat16" if on_gpu else "float32", choices=("bfloat16", "float32")
+    )
+    parser.add_argument("--alpha", type=float, default=1.0)
+    parser.add_argument("--source", default="auto", choices=("auto", "library", "handwritten"))
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=["eager", "compile"] if on_gpu else ["eager"],
+        choices=("eager", "compile"),
+    )
+    parser.add_argument("--no_compile", action="store_true", help="drop the torch.compile variant")
+    parser.add_argument("--device", default="cuda" if on_gpu else "cpu")
+    parser.add_argument("--steps", type=int, default=30 if on_gpu else 5)
+    parser.add_argument("--warmup", type=int, default=5 if on_gpu else 1)
+    parser.add_argument("--window", type=int, default=5 if on_gpu else 1)
+    parser.add_argument(
+        "--epoch_images",
+        type=int,
+        default=REAL_NUM_PATCHES if on_gpu else 512,
+        help="patches in the timed whole epoch (0: skip it)",
+    )
+    parser.add_argument("--feed_batches", type=int, default=100 if on_gpu else 20)
+    parser.add_argument("--base_patches", type=int, default=2048)
+    parser.add_argument(
+        "--patches_cache", default=None, help="an .npz to keep the painted patches in (run_all)"
+    )
+    parser.add_argument("--out", default=str(BENCH_DIR / "results" / "bench_torch.json"))
+    args = parser.parse_args(argv)
+    if args.no_compile:
+        args.variants = [v for v in args.variants if v != "compile"]
+    if args.batches is None:
+        args.batches = [
+            GPU_BATCH_FOR_SIZE.get(s, 1024) if on_gpu else CPU_BATCH for s in args.sizes
+        ]
+    elif len(args.batches) == 1:
+        args.batches = args.batches * len(args.sizes)
+    if len(args.batches) != len(args.sizes):
+        parser.error("--batches takes one value, or one per --sizes value")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    host = compare.host_meta()
+    if torch is None:
+        args = parse_args(argv, on_gpu=False)
+        compare.write_skipped(args.out, "torch", "torch is not installed")
+        return
+
+    on_gpu = torch.cuda.is_available()
+    args = parse_args(argv, on_gpu)
+    args.source = resolve_source(args.source, args.device.startswith("cuda"))
+    if args.device == "cpu":
+        torch.set_num_threads(os.cpu_count())
+    else:
+        torch.backends.cudnn.benchmark = True  # autotuned convolution algorithms
+
+    feed_split_size = max(args.epoch_images, max(args.batches) * args.feed_batches)
+    split, note = synthetic_split(feed_split_size, args.base_patches, cache=args.patches_cache)
+    epoch_split = split.head(args.epoch_images) if args.epoch_images else None
+    device = torch.device(args.device)
+    feeding_by_batch = {
+        batch: feeding_rate(split, batch, device, args.feed_batches) for batch in set(args.batches)
+    }
+    device_name = (
+        torch.cuda.get_device_name(device) if device.type == "cuda" else compare.cpu_model_name()
+    )
+    meta = {
+        **host,
+        "device": device_name,
+        "platform": device.type,
+        "versions": versions(),
+        "threads": torch.get_num_threads(),
+        "timing": f"median of windows of {args.window} steps after {args.warmup} warm-up steps",
+        "notes": [note],
+    }
+    rows = []
+    for size, batch_size in zip(args.sizes, args.batches):
+        for model_name in args.models:
+            for variant in args.variants:
+                args.variant = variant
+                row = benchmark_configuration(
+                    model_name,
+                    size,
+                    batch_size,
+                    args,
+                    epoch_split,
+                    feeding_by_batch[batch_size],
+                )
+                rows.append(row)
+                print(
+                    f"{model_name} {size}px batch {batch_size} {row['variant']}: "
+                    f"{row['train_images_per_s']:,.0f} train images/s, "
+                    f"{row['eval_images_per_s']:,.0f} eval images/s",
+                    flush=True,
+                )
+                # After every row, so that a run stopped by its time limit keeps what it measured.
+                compare.write_results(args.out, "torch", meta, rows, quiet=True)
+    print()
+    print(compare.rows_table(rows))
+    compare.write_results(args.out, "torch", meta, rows)
+
+
+if __name__ == "__main__":
+    main()
