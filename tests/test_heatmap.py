@@ -2,10 +2,7 @@
 
 import csv
 import json
-import os
 import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -14,6 +11,7 @@ from PIL import Image
 import heatmap
 import inference
 from input_pipeline import synthetic
+from tests.commands import run_program
 from tests.test_inference import trained_tiny_workdir
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -177,19 +175,11 @@ def test_probability_and_outcome_maps_colour_each_patch(model_maps):
 
 
 def test_heatmap_command_labels_only(idc_sample_dir, tmp_path):
-    result = subprocess.run(
-        [
-            sys.executable,
-            "heatmap.py",
-            "--labels_only",
-            f"--patient_dir={idc_sample_dir}",
-            f"--output_dir={tmp_path}",
-        ],
-        cwd=REPO,
-        env={**os.environ, "JAX_PLATFORMS": "cpu"},
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result = run_program(
+        "heatmap.py",
+        "--labels_only",
+        f"--patient_dir={idc_sample_dir}",
+        f"--output_dir={tmp_path}",
     )
     assert result.returncode == 0, result.stderr
     assert "patient 8863" in result.stdout
@@ -199,12 +189,5 @@ def test_heatmap_command_labels_only(idc_sample_dir, tmp_path):
 
 
 def test_heatmap_command_needs_a_workdir_or_labels_only(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "heatmap.py", f"--patient_dir={tmp_path}", f"--output_dir={tmp_path}"],
-        cwd=REPO,
-        env={**os.environ, "JAX_PLATFORMS": "cpu"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_program("heatmap.py", f"--patient_dir={tmp_path}", f"--output_dir={tmp_path}")
     assert result.returncode != 0 and "--labels_only" in result.stderr

@@ -5,10 +5,7 @@ References are independent of `inference`: the network applied directly to the g
 """
 
 import csv
-import os
 import pathlib
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -19,6 +16,7 @@ import input_pipeline
 import predict
 import train
 from input_pipeline import synthetic
+from tests.commands import run_program
 from tests.test_train import tiny_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -238,22 +236,14 @@ def test_tta_is_the_mean_of_the_eight_dihedral_views(tiny_run, synthetic_patches
 
 def test_predict_command_writes_csv_and_prints_throughput(tiny_run, synthetic_folder, tmp_path):
     output = tmp_path / "cli.csv"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "predict.py",
-            f"--workdir={tiny_run}",
-            f"--output={output}",
-            "--threshold=validation",
-            "--batch_size=32",
-            str(synthetic_folder),
-            str(tmp_path / "nothing_here"),
-        ],
-        cwd=REPO,
-        env={**os.environ, "JAX_PLATFORMS": "cpu"},
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result = run_program(
+        "predict.py",
+        f"--workdir={tiny_run}",
+        f"--output={output}",
+        "--threshold=validation",
+        "--batch_size=32",
+        str(synthetic_folder),
+        str(tmp_path / "nothing_here"),
     )
     assert result.returncode == 0, result.stderr
     assert "40 patches predicted" in result.stdout and "images/s" in result.stdout

@@ -5,15 +5,13 @@ known, distinct test accuracies written in, so the leakage differences can be ch
 """
 
 import json
-import os
 import pathlib
 import shutil
-import subprocess
-import sys
 
 import pytest
 
 import reproduce
+from tests.commands import run_program
 from tests.test_inference import trained_tiny_workdir
 from tests.test_train import TINY_OVERRIDES, tiny_config
 
@@ -68,14 +66,7 @@ def table(report: str, first_header_cell: str) -> list[list[str]]:
 def report_only_run(tiny_run, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("report_only")
     four_copies(tiny_run, workdir)
-    result = subprocess.run(
-        [sys.executable, "reproduce.py", f"--workdir={workdir}", "--report_only"],
-        cwd=REPO,
-        env={**os.environ, "JAX_PLATFORMS": "cpu"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_program("reproduce.py", f"--workdir={workdir}", "--report_only")
     assert result.returncode == 0, result.stderr
     return workdir, (workdir / "report.md").read_text()
 
@@ -165,19 +156,12 @@ def test_run_all_trains_only_the_unfinished_run(tiny_run, tmp_path):
 @pytest.mark.heavy
 def test_reproduce_command_trains_four_runs_and_writes_the_report(tmp_path):
     data_dir = tmp_path / "tfds"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "reproduce.py",
-            f"--workdir={tmp_path}",
-            f"--config.data.data_dir={data_dir}",
-            "--config.num_epochs=1",
-            *TINY_OVERRIDES,
-        ],
-        cwd=REPO,
-        env={**os.environ, "JAX_PLATFORMS": "cpu"},
-        capture_output=True,
-        text=True,
+    result = run_program(
+        "reproduce.py",
+        f"--workdir={tmp_path}",
+        f"--config.data.data_dir={data_dir}",
+        "--config.num_epochs=1",
+        *TINY_OVERRIDES,
         timeout=900,
     )
     assert result.returncode == 0, result.stderr
