@@ -75,6 +75,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.weight_decay = 0.0  # > 0 switches Adam to AdamW (decoupled decay)
     config.label_smoothing = 0.0
     config.class_weights = "none"  # "none" | "balanced" (inverse class frequency of train)
+    # > 0: before each evaluation, recompute BatchNorm statistics on this many training batches
+    # ("precise BN"); fixes the lag of the moving averages in short runs (train.py explains).
+    config.bn_recalibration_batches = 0
 
     # "auto": bfloat16 compute on GPU/TPU, float32 on CPU. Parameters stay float32.
     config.compute_dtype = "auto"

@@ -277,3 +277,37 @@ def test_missing_kaggle_download_says_what_to_do(tmp_path):
     assert result.returncode == 2
     assert "kaggle.com/datasets/paultimothymooney/breast-histopathology-images" in result.stderr
     assert "--config.data.dataset=synthetic_idc" in result.stderr
+
+
+def test_bn_recalibration_sets_the_average_batch_statistics(compiled, data_dir):
+    import input_pipeline
+    from flax import nnx
+
+    state, step, batch = compiled
+    state = step(_fresh_copy(state), batch)  # running statistics now differ from any batch's
+    config = tiny_config(data_dir)
+    sharding = train.Sharding.over_all_devices()
+    recalibrate = train.make_batch_stats_recalibration(config, sharding)
+    dataset = input_pipeline.load_dataset(config.data)
+    local_batches = list(
+        input_pipeline.iterate_batches(
+            dataset.train, global_batch_size=16, seed=5, epoch=0, shuffle=True, drop_remainder=True
+        )
+    )[:2]
+    recalibrated = recalibrate(_fresh_copy(state), iter(local_batches))
+
+    # Independently: the stem convolution's output statistics per batch, averaged over batches.
+    _, eval_graph, _ = train.split_model(train.create_model(config, seed=0))
+    model = nnx.merge(eval_graph, state.params, state.batch_stats, state.rng_streams)
+    means, variances = [], []
+    for local_batch in local_batches:
+        images = input_pipeline.preprocess(local_batch["image"], config.preprocess, train=False)
+        stem_output = np.asarray(model.stem.conv(images), np.float64).reshape(-1, 8)
+        means.append(stem_output.mean(0))
+        variances.append(stem_output.var(0))
+    stem_stats = recalibrated.batch_stats["stem"]["norm"]
+    np.testing.assert_allclose(stem_stats["mean"][...], np.mean(means, 0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(stem_stats["var"][...], np.mean(variances, 0), rtol=1e-4, atol=1e-5)
+    assert not np.allclose(state.batch_stats["stem"]["norm"]["var"][...], np.mean(variances, 0))
+    # The weights are untouched.
+    jax.tree.map(np.testing.assert_array_equal, recalibrated.params, state.params)
