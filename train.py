@@ -612,7 +612,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding.replicated), state
         )
         state, meta = checkpointer.restore(latest, abstract_state)
-        writer.jsonl.truncate_after(latest) if is_main_process else None
+        if is_main_process:
+            writer.jsonl.truncate_after(latest)
         logging.info("Resumed from %s at step %d.", checkpointer.directory, latest)
     else:
         profile = mobilenets.profile(
