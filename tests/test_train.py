@@ -280,8 +280,9 @@ def test_missing_kaggle_download_says_what_to_do(tmp_path):
 
 
 def test_bn_recalibration_sets_the_average_batch_statistics(compiled, data_dir):
-    import input_pipeline
     from flax import nnx
+
+    import input_pipeline
 
     state, step, batch = compiled
     state = step(_fresh_copy(state), batch)  # running statistics now differ from any batch's
