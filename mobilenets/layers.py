@@ -13,6 +13,7 @@ Each idea of the two papers that both networks use lives here, in one place:
   of. The activation is optional because the MobileNetV2 projection is *linear* (Sandler et al.
   2018, Sec. 3.2).
 * `ClassifierHead`: global average pooling, dropout and the dense classifier.
+* `MobileNet`: the skeleton both networks share (stem, blocks, optional last 1x1 conv, head).
 
 Conventions
 -----------
@@ -453,3 +454,58 @@ class ClassifierHead(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
         return self.classifier(self.dropout(pooled))
+
+
+class MobileNet(nnx.Module):
+    """The skeleton both networks share: stem convolution, a stack of blocks, an optional last
+    1x1 convolution (MobileNetV2's expansion to 1280 channels), and the classifier head.
+
+    Subclasses build it from their architecture tables (see `MobileNetV1`, `MobileNetV2`) and
+    give the Keras defaults that `None` arguments stand for.
+    """
+
+    DEFAULT_DROPOUT_RATE: float
+    DEFAULT_BN_MOMENTUM: float
+    DEFAULT_BN_EPSILON: float
+
+    def _build(
+        self,
+        *,
+        stem: ConvSpec,
+        make_blocks: Callable[..., list[nnx.Module]],
+        last: ConvSpec | None,
+        classifier_features: int,
+        num_classes: int,
+        dropout_rate: float | None,
+        dtype,
+        depthwise_impl: DepthwiseImpl,
+        bn_momentum: float | None,
+        bn_epsilon: float | None,
+        rngs: nnx.Rngs,
+    ) -> None:
+        layer_options = dict(
+            depthwise_impl=depthwise_impl,
+            bn_momentum=self.DEFAULT_BN_MOMENTUM if bn_momentum is None else bn_momentum,
+            bn_epsilon=self.DEFAULT_BN_EPSILON if bn_epsilon is None else bn_epsilon,
+            dtype=dtype,
+            rngs=rngs,
+        )
+        self.stem = ConvBN.from_spec(stem, **layer_options)
+        self.blocks = nnx.List(make_blocks(**layer_options))
+        self.last_conv = None if last is None else ConvBN.from_spec(last, **layer_options)
+        self.head = ClassifierHead(
+            classifier_features,
+            num_classes,
+            dropout_rate=self.DEFAULT_DROPOUT_RATE if dropout_rate is None else dropout_rate,
+            rngs=rngs,
+        )
+
+    def features(self, images: jax.Array) -> jax.Array:
+        """The last feature map before pooling, [batch, H/32, W/32, channels]."""
+        x = self.stem(images)
+        for block in self.blocks:
+            x = block(x)
+        return x if self.last_conv is None else self.last_conv(x)
+
+    def __call__(self, images: jax.Array) -> jax.Array:
+        return self.head(self.features(images))

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mobilenets.layers import ClassifierHead, ConvBN, ConvSpec, DepthwiseImpl
+from mobilenets.layers import ConvBN, ConvSpec, DepthwiseImpl, MobileNet
 
 STEM_CHANNELS = 32
 STEM_STRIDE = 2
@@ -104,7 +104,7 @@ class DepthwiseSeparable(nnx.Module):
         return self.pointwise(self.depthwise(x))
 
 
-class MobileNetV1(nnx.Module):
+class MobileNetV1(MobileNet):
     """MobileNetV1 classifier: stem, 13 depthwise-separable blocks, pooling, dropout, dense.
 
     Args:
@@ -122,6 +122,10 @@ class MobileNetV1(nnx.Module):
     batch and running statistics and dropout on / off.
     """
 
+    DEFAULT_DROPOUT_RATE = DEFAULT_DROPOUT_RATE
+    DEFAULT_BN_MOMENTUM = DEFAULT_BN_MOMENTUM
+    DEFAULT_BN_EPSILON = DEFAULT_BN_EPSILON
+
     def __init__(
         self,
         num_classes: int = 2,
@@ -136,30 +140,18 @@ class MobileNetV1(nnx.Module):
     ):
         self.num_classes = num_classes
         self.alpha = alpha
-        layer_options = dict(
-            depthwise_impl=depthwise_impl,
-            bn_momentum=DEFAULT_BN_MOMENTUM if bn_momentum is None else bn_momentum,
-            bn_epsilon=DEFAULT_BN_EPSILON if bn_epsilon is None else bn_epsilon,
+        self._build(
+            stem=stem_spec(alpha),
+            make_blocks=lambda **options: [
+                DepthwiseSeparable(*config, **options) for config in block_configs(alpha)
+            ],
+            last=None,
+            classifier_features=conv_specs(alpha)[1],
+            num_classes=num_classes,
+            dropout_rate=dropout_rate,
             dtype=dtype,
+            depthwise_impl=depthwise_impl,
+            bn_momentum=bn_momentum,
+            bn_epsilon=bn_epsilon,
             rngs=rngs,
         )
-        self.stem = ConvBN.from_spec(stem_spec(alpha), **layer_options)
-        self.blocks = nnx.List(
-            [DepthwiseSeparable(*config, **layer_options) for config in block_configs(alpha)]
-        )
-        self.head = ClassifierHead(
-            self.blocks[-1].pointwise.out_features,
-            num_classes,
-            dropout_rate=DEFAULT_DROPOUT_RATE if dropout_rate is None else dropout_rate,
-            rngs=rngs,
-        )
-
-    def features(self, images: jax.Array) -> jax.Array:
-        """The last feature map before pooling, [batch, H/32, W/32, channels(1024, alpha)]."""
-        x = self.stem(images)
-        for block in self.blocks:
-            x = block(x)
-        return x
-
-    def __call__(self, images: jax.Array) -> jax.Array:
-        return self.head(self.features(images))

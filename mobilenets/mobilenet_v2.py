@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mobilenets.layers import ClassifierHead, ConvBN, ConvSpec, DepthwiseImpl, make_divisible
+from mobilenets.layers import ConvBN, ConvSpec, DepthwiseImpl, MobileNet, make_divisible
 
 STEM_CHANNELS = 32
 STEM_STRIDE = 2
@@ -119,7 +119,7 @@ class InvertedResidual(nnx.Module):
         return x + y if self.use_shortcut else y
 
 
-class MobileNetV2(nnx.Module):
+class MobileNetV2(MobileNet):
     """MobileNetV2 classifier: stem, 17 inverted residual blocks, 1x1 conv to 1280, pooling,
     dropout, dense.
 
@@ -138,6 +138,10 @@ class MobileNetV2(nnx.Module):
     batch and running statistics and dropout on / off.
     """
 
+    DEFAULT_DROPOUT_RATE = DEFAULT_DROPOUT_RATE
+    DEFAULT_BN_MOMENTUM = DEFAULT_BN_MOMENTUM
+    DEFAULT_BN_EPSILON = DEFAULT_BN_EPSILON
+
     def __init__(
         self,
         num_classes: int = 2,
@@ -152,31 +156,18 @@ class MobileNetV2(nnx.Module):
     ):
         self.num_classes = num_classes
         self.alpha = alpha
-        layer_options = dict(
-            depthwise_impl=depthwise_impl,
-            bn_momentum=DEFAULT_BN_MOMENTUM if bn_momentum is None else bn_momentum,
-            bn_epsilon=DEFAULT_BN_EPSILON if bn_epsilon is None else bn_epsilon,
+        self._build(
+            stem=stem_spec(alpha),
+            make_blocks=lambda **options: [
+                InvertedResidual(*config, **options) for config in block_configs(alpha)
+            ],
+            last=last_spec(alpha),
+            classifier_features=conv_specs(alpha)[1],
+            num_classes=num_classes,
+            dropout_rate=dropout_rate,
             dtype=dtype,
+            depthwise_impl=depthwise_impl,
+            bn_momentum=bn_momentum,
+            bn_epsilon=bn_epsilon,
             rngs=rngs,
         )
-        self.stem = ConvBN.from_spec(stem_spec(alpha), **layer_options)
-        self.blocks = nnx.List(
-            [InvertedResidual(*config, **layer_options) for config in block_configs(alpha)]
-        )
-        self.last_conv = ConvBN.from_spec(last_spec(alpha), **layer_options)
-        self.head = ClassifierHead(
-            self.last_conv.out_features,
-            num_classes,
-            dropout_rate=DEFAULT_DROPOUT_RATE if dropout_rate is None else dropout_rate,
-            rngs=rngs,
-        )
-
-    def features(self, images: jax.Array) -> jax.Array:
-        """The last feature map before pooling, [batch, H/32, W/32, last_channels(alpha)]."""
-        x = self.stem(images)
-        for block in self.blocks:
-            x = block(x)
-        return self.last_conv(x)
-
-    def __call__(self, images: jax.Array) -> jax.Array:
-        return self.head(self.features(images))
