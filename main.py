@@ -14,6 +14,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 import distributed
+import host_memory
 import train
 from input_pipeline.kaggle_idc import ManualDownloadMissingError
 
@@ -37,6 +38,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     logging.get_absl_handler().addFilter(_HideLibraryChatter())
+    host_memory.keep_scratch_memory_mapped()  # before JAX starts its backend
     multi_process = distributed.initialize(FLAGS.config.distributed)
     logging.info("Config:\n%s", FLAGS.config)
     try:

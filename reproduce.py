@@ -477,7 +477,9 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if not FLAGS.report_only:
         import distributed
+        import host_memory
 
+        host_memory.keep_scratch_memory_mapped()  # before JAX starts its backend
         distributed.initialize(FLAGS.config.distributed)
         run_all(FLAGS.config, FLAGS.workdir)
         import jax

@@ -39,11 +39,12 @@ import dataclasses
 import importlib.metadata
 import os
 import pathlib
+import resource
 import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 BENCH_DIR = pathlib.Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
@@ -55,6 +56,7 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 from bench_data import InMemorySplit, synthetic_split  # noqa: E402
 
+import host_memory  # noqa: E402
 import input_pipeline  # noqa: E402
 import mobilenets  # noqa: E402
 import train  # noqa: E402
@@ -186,26 +188,38 @@ def random_batch(
 # ----------------------------------------------------------------------------- timing
 
 
+class StepTiming(NamedTuple):
+    median_s: float
+    window_s: list[float]  # seconds per call of each window
+    carry: Any
+    minor_page_faults_per_call: float
+
+
 def median_step_seconds(
     advance: Callable[[Any], Any], carry: Any, warmup: int, steps: int, window: int
-) -> tuple[float, list[float], Any]:
+) -> StepTiming:
     """Median seconds per call of `carry = advance(carry)` over windows of `window` calls.
 
     Each window ends with `block_until_ready`, so asynchronous dispatch is timed to completion
     while calls inside a window overlap host dispatch and device work as a training loop does.
-    Returns (median, every window's seconds per call, the final carry).
+    Also counts the process's minor page faults per call in the timed windows: XLA:CPU remapping
+    its scratch memory every step shows there (see host_memory.py).
     """
     for _ in range(warmup):
         carry = advance(carry)
     jax.block_until_ready(carry)
     per_call = []
+    faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(max(1, steps // window)):
         start = time.perf_counter()
         for _ in range(window):
             carry = advance(carry)
         jax.block_until_ready(carry)
         per_call.append((time.perf_counter() - start) / window)
-    return statistics.median(per_call), per_call, carry
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before
+    return StepTiming(
+        statistics.median(per_call), per_call, carry, faults / (len(per_call) * window)
+    )
 
 
 def feeding_rate(
@@ -279,14 +293,14 @@ def benchmark_configuration(
     batch = random_batch(batch_size, sharding, rng)
     steps = compile_trainer_steps(config, sharding, batch)
 
-    train_s, train_windows, state = median_step_seconds(
+    train_s, train_windows, state, train_minor_faults = median_step_seconds(
         lambda state: steps.train_step(state, batch),
         steps.state,
         args.warmup,
         args.steps,
         args.window,
     )
-    eval_s, _, _ = median_step_seconds(
+    eval_s, *_ = median_step_seconds(
         lambda outputs: steps.eval_step(state, batch), None, args.warmup, args.steps, args.window
     )
     epoch = None
@@ -307,6 +321,7 @@ def benchmark_configuration(
         "train_images_per_s": batch_size / train_s,
         "train_step_ms": 1e3 * train_s,
         "train_step_ms_windows": [1e3 * s for s in train_windows],
+        "train_minor_page_faults_per_step": train_minor_faults,
         "eval_images_per_s": batch_size / eval_s,
         "compile_s": steps.compile_s,
         "lower_s": steps.lower_s,
@@ -487,6 +502,7 @@ def run_meta(args: argparse.Namespace, host: dict, notes: list[str]) -> dict[str
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    host_memory.keep_scratch_memory_mapped()  # before JAX starts its backend (parse_args)
     args = parse_args(argv)
     sharding = train.Sharding.over_all_devices()
     notes: list[str] = []

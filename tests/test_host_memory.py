@@ -1,0 +1,89 @@
+"""host_memory: XLA:CPU's scratch buffer stays mapped between train steps."""
+
+import json
+import platform
+import resource
+
+import pytest
+
+import host_memory
+from tests.commands import REPO, run_program
+
+GLIBC_LINUX = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+
+# A small MobileNet train step whose scratch buffer (about 58 MiB) is above glibc's largest
+# mmap threshold (32 MiB), so without the settings every step maps it afresh. The state is
+# donated, as the trainer does.
+STEP_PROGRAM = """
+import json, resource, sys
+sys.path.insert(0, {repo!r})
+import host_memory
+applied = host_memory.keep_scratch_memory_mapped() if sys.argv[1] == "on" else False
+import jax, jax.numpy as jnp, optax
+from flax import nnx
+import mobilenets
+
+model = mobilenets.create("mobilenet_v1", num_classes=2, alpha=0.25, rngs=nnx.Rngs(0, dropout=1))
+model.train()
+graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+optimizer = optax.adam(1e-4)
+
+def step(params, rest, opt_state, images, labels):
+    def loss_fn(params):
+        logits = nnx.merge(graphdef, params, rest, copy=True)(images)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    grads = jax.grad(loss_fn)(params)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+images, labels = jnp.zeros((128, 32, 32, 3)), jnp.zeros(128, jnp.int32)
+state = (params, optimizer.init(params))
+compiled = jax.jit(step, donate_argnums=(0, 2)).lower(state[0], rest, state[1], images, labels).compile()
+for _ in range(2):
+    state = jax.block_until_ready(compiled(state[0], rest, state[1], images, labels))
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(4):
+    state = jax.block_until_ready(compiled(state[0], rest, state[1], images, labels))
+faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 4
+print(json.dumps(dict(applied=applied, faults_per_step=faults,
+                      scratch_bytes=compiled.memory_analysis().temp_size_in_bytes)))
+"""
+
+
+def _faults_per_step(tmp_path, setting: str) -> dict:
+    script = tmp_path / "step.py"
+    script.write_text(STEP_PROGRAM.format(repo=str(REPO)))
+    result = run_program(str(script), setting)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(not GLIBC_LINUX, reason="the settings are glibc's")
+def test_scratch_buffer_is_not_page_faulted_in_every_step(tmp_path):
+    default = _faults_per_step(tmp_path, "off")
+    kept = _faults_per_step(tmp_path, "on")
+    pages = default["scratch_bytes"] / resource.getpagesize()
+    assert default["scratch_bytes"] > 32 * 2**20
+    # Without the settings every step faults (nearly) every page of the scratch buffer back in.
+    assert not default["applied"] and default["faults_per_step"] > 0.5 * pages
+    assert kept["applied"] and kept["faults_per_step"] < 0.01 * pages
+
+
+def test_skipped_once_a_backend_runs():
+    import jax
+
+    jax.devices()  # the test process's backend is up, with its threads' arenas assigned
+    assert host_memory.keep_scratch_memory_mapped() is False
+
+
+def test_cpu_backend_expected_follows_jax_platforms():
+    import jax
+
+    saved = jax.config.jax_platforms
+    try:
+        jax.config.update("jax_platforms", "cuda,cpu")
+        assert host_memory.cpu_backend_expected() is False
+        jax.config.update("jax_platforms", "cpu")
+        assert host_memory.cpu_backend_expected() is True
+    finally:
+        jax.config.update("jax_platforms", saved)
