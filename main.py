@@ -38,7 +38,8 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     logging.get_absl_handler().addFilter(_HideLibraryChatter())
-    host_memory.keep_scratch_memory_mapped()  # before JAX starts its backend
+    if FLAGS.config.keep_scratch_memory_mapped:
+        host_memory.keep_scratch_memory_mapped()  # before JAX starts its backend
     multi_process = distributed.initialize(FLAGS.config.distributed)
     logging.info("Config:\n%s", FLAGS.config)
     try:

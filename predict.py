@@ -93,9 +93,6 @@ def main(argv):
     paths = argv[1:]
     if not paths:
         raise app.UsageError("give at least one PNG file or folder to predict")
-    import host_memory
-
-    host_memory.keep_scratch_memory_mapped()  # before JAX starts its backend
     result = predict_to_csv(
         FLAGS.workdir,
         paths,

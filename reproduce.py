@@ -479,7 +479,8 @@ def main(argv):
         import distributed
         import host_memory
 
-        host_memory.keep_scratch_memory_mapped()  # before JAX starts its backend
+        if FLAGS.config.keep_scratch_memory_mapped:
+            host_memory.keep_scratch_memory_mapped()  # before JAX starts its backend
         distributed.initialize(FLAGS.config.distributed)
         run_all(FLAGS.config, FLAGS.workdir)
         import jax

@@ -441,7 +441,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--alpha", type=float, default=1.0, help="width multiplier")
     parser.add_argument("--depthwise_impl", default="auto", choices=mobilenets.DEPTHWISE_IMPLS)
     parser.add_argument("--steps", type=int, default=5 if on_cpu else 30, help="timed steps")
-    parser.add_argument("--warmup", type=int, default=1 if on_cpu else 5)
+    parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--window", type=int, default=1 if on_cpu else 5, help="steps per window")
     parser.add_argument(
         "--epoch_images",
