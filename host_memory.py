@@ -1,28 +1,35 @@
 """Keeps XLA:CPU's per-step scratch memory mapped between steps (Linux, glibc).
 
-XLA:CPU allocates the temporary buffer of each execution with `posix_memalign` from one of its
-worker threads: 265 MiB for a MobileNetV1 train step at 50 px with batch 64. glibc serves a
-request that large from a thread's arena with a fresh `mmap` and returns it with `munmap` when it
-is freed, so every train step page-faults the whole buffer back in: measured on a 2-core machine,
-69,000 minor page faults and 120-140 ms of kernel time per step, 238 ms per step against 183 ms
-without them (`benchmarks/bench_jax.py` reports the faults per step). At 96 px the step faults
-about 200,000 pages (770 MiB) each time.
+XLA:CPU allocates the temporary buffer of each execution with `posix_memalign`: 265 MiB for a
+MobileNetV1 train step at 50 px with batch 64, about 1 GiB at 96 px. With JAX's default
+asynchronous CPU dispatch that happens on one of XLA's worker threads, whose glibc arena can not
+hold a chunk that large (a thread arena's heaps are at most 64 MiB): glibc maps it with a fresh
+`mmap` and `munmap`s it when it is freed, so every train step page-faults the whole buffer back
+in. Measured on a 2-core machine: 69,000 minor page faults and 120-140 ms of kernel time per
+V1 step at 50 px, 198,000 faults at 96 px (`benchmarks/bench_jax.py` reports faults per step).
 
-`keep_scratch_memory_mapped` sets three `mallopt` options: one arena (every thread allocates from
-the main heap, which grows with `brk` and can hold a chunk of any size; a thread arena can not),
-no `mmap` for large chunks, and no trimming of the heap's top, so the freed buffer is reused by the
-next step instead of being unmapped. The costs: the heap never shrinks and fragments, so the
-process holds more resident memory (MobileNetV1 at 96 px, batch 64: 4.5 GiB instead of 1.6 GiB;
-the heap grows during the first ~20 steps, then no step faults a page); threads that allocate
-concurrently share one lock; glibc's `_int_malloc` takes 5-10% of the CPU time (XLA's YNNPACK
-kernels allocate scratch tiles). `config.keep_scratch_memory_mapped = False` keeps glibc's
-defaults.
+`keep_scratch_memory_mapped` makes the buffer come from the main heap and stay there:
 
-Threads keep the arena they were given at their first allocation, and JAX's CPU client starts its
-worker threads when the first backend is initialised: the function must run before that (first
-thing in a program's `main`). It does nothing elsewhere than on glibc, when the run will not use
-the CPU backend (an accelerator plugin is installed and `JAX_PLATFORMS` does not put `cpu` first:
-there the step's scratch memory is device memory), or when a backend is already initialised.
+* synchronous CPU dispatch (`jax_cpu_enable_async_dispatch = False`): the calling thread runs the
+  step and allocates its buffer, from the main arena, whose heap grows with `brk` to any size;
+* `mallopt(M_MMAP_MAX, 0)`: no chunk is served by `mmap` while `brk` can serve it;
+* `mallopt(M_TRIM_THRESHOLD, 2**31 - 1)`: the heap's top is never returned to the system, so the
+  next step reuses the freed buffer.
+
+The worker threads keep their own arenas for their small, frequent allocations (XLA's YNNPACK
+kernels allocate scratch tiles on every call). Measured: no page faults once the heap has grown
+(a few steps), V1 at 96 px 492-540 ms per trainer step instead of 670-730, resident memory
+unchanged (1.6 GiB). The cost of synchronous dispatch: the host waits for each step before
+preparing the next batch, which on a CPU takes well under a millisecond. A single arena for all
+threads (`M_ARENA_MAX = 1`) also removes the faults, but made `_int_malloc` take 5-15% of the CPU
+time and nearly tripled resident memory. `config.keep_scratch_memory_mapped = False` keeps JAX's
+and glibc's defaults.
+
+JAX reads the dispatch option when it creates its CPU client, so the function must run before the
+first backend is initialised (first thing in a program's `main`). It does nothing elsewhere than
+on glibc, when the run will not use the CPU backend (an accelerator plugin is installed and
+`JAX_PLATFORMS` does not put `cpu` first: there the step's scratch memory is device memory), or
+when a backend is already initialised.
 """
 
 from __future__ import annotations
@@ -39,7 +46,6 @@ from absl import logging
 # From glibc's <malloc.h>.
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
-_M_ARENA_MAX = -8
 _NEVER_TRIM = 2**31 - 1  # mallopt takes an int
 
 
@@ -64,7 +70,7 @@ def _backend_initialised() -> bool:
 
 
 def keep_scratch_memory_mapped() -> bool:
-    """Applies the glibc settings described in the module docstring; True if they were applied."""
+    """Sets synchronous CPU dispatch and the two glibc options above; True if applied."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
     if not cpu_backend_expected():
@@ -78,12 +84,9 @@ def keep_scratch_memory_mapped() -> bool:
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     applied = all(
         libc.mallopt(option, value) == 1
-        for option, value in (
-            (_M_ARENA_MAX, 1),
-            (_M_MMAP_MAX, 0),
-            (_M_TRIM_THRESHOLD, _NEVER_TRIM),
-        )
+        for option, value in ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, _NEVER_TRIM))
     )
+    jax.config.update("jax_cpu_enable_async_dispatch", False)
     if not applied:
         logging.warning("glibc refused a mallopt setting: XLA:CPU scratch memory may be remapped")
     return applied
