@@ -38,9 +38,9 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     logging.get_absl_handler().addFilter(_HideLibraryChatter())
-    if FLAGS.config.keep_scratch_memory_mapped:
-        host_memory.keep_scratch_memory_mapped()  # before JAX starts its backend
     multi_process = distributed.initialize(FLAGS.config.distributed)
+    if FLAGS.config.keep_scratch_memory_mapped and not multi_process:
+        host_memory.keep_scratch_memory_mapped()  # before JAX starts its backend
     logging.info("Config:\n%s", FLAGS.config)
     try:
         train.train_and_evaluate(FLAGS.config, FLAGS.workdir)

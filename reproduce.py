@@ -479,9 +479,9 @@ def main(argv):
         import distributed
         import host_memory
 
-        if FLAGS.config.keep_scratch_memory_mapped:
+        multi_process = distributed.initialize(FLAGS.config.distributed)
+        if FLAGS.config.keep_scratch_memory_mapped and not multi_process:
             host_memory.keep_scratch_memory_mapped()  # before JAX starts its backend
-        distributed.initialize(FLAGS.config.distributed)
         run_all(FLAGS.config, FLAGS.workdir)
         import jax
 

@@ -83,7 +83,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.compute_dtype = "auto"
     # CPU backend, Linux: synchronous dispatch + glibc settings that keep XLA's per-step scratch
     # buffer allocated instead of mapping it afresh each step (host_memory.py): removes ~200k page
-    # faults per V1 96 px step, 1.3-1.6x faster CPU steps. False: JAX's and glibc's defaults.
+    # faults per V1 96 px step, 1.25-1.6x faster CPU steps. Single-process runs only. False:
+    # JAX's and glibc's defaults.
     config.keep_scratch_memory_mapped = True
 
     config.log_every_steps = 20
