@@ -12,6 +12,22 @@ import jax
 import ml_collections
 from absl import logging
 
+import host_memory
+
+
+def start(config: ml_collections.ConfigDict) -> bool:
+    """A training program's start-up, before JAX's first operation; True for a multi-process run.
+
+    Connects the processes of a multi-process run (`initialize`); a single-process run gets
+    `host_memory`'s CPU settings instead when `config.keep_scratch_memory_mapped` (multi-process
+    runs keep JAX's defaults: host_memory.py says why).
+    """
+    multi_process = initialize(config.distributed)
+    if config.keep_scratch_memory_mapped and not multi_process:
+        host_memory.keep_scratch_memory_mapped()
+    return multi_process
+
+
 _CLUSTER_ENVIRONMENT_VARIABLES = (
     "SLURM_JOB_ID",
     "OMPI_COMM_WORLD_SIZE",

@@ -26,8 +26,8 @@ time and nearly tripled resident memory. `config.keep_scratch_memory_mapped = Fa
 and glibc's defaults.
 
 JAX reads the dispatch option when it creates its CPU client, so the function must run before the
-first backend is initialised (first thing in a program's `main`). Multi-process runs do not use
-it: with synchronous dispatch, a peer process killed mid-run once aborted the survivor (a fatal
+first backend is initialised (`distributed.start` calls it). Multi-process runs do not use it:
+with synchronous dispatch, a peer process killed mid-run once aborted the survivor (a fatal
 signal) instead of raising the `JaxRuntimeError` that `main.py` turns into a clear message. It
 does nothing elsewhere than on glibc, when the run will not use the CPU backend (an accelerator
 plugin is installed and `JAX_PLATFORMS` does not put `cpu` first: there the step's scratch memory

@@ -14,7 +14,6 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 import distributed
-import host_memory
 import train
 from input_pipeline.kaggle_idc import ManualDownloadMissingError
 
@@ -38,9 +37,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     logging.get_absl_handler().addFilter(_HideLibraryChatter())
-    multi_process = distributed.initialize(FLAGS.config.distributed)
-    if FLAGS.config.keep_scratch_memory_mapped and not multi_process:
-        host_memory.keep_scratch_memory_mapped()  # before JAX starts its backend
+    multi_process = distributed.start(FLAGS.config)
     logging.info("Config:\n%s", FLAGS.config)
     try:
         train.train_and_evaluate(FLAGS.config, FLAGS.workdir)

@@ -333,29 +333,19 @@ def plot_accuracy_figure(
     for split in SPLITS:
         history = runs[model, split].history
         epochs = [row["epoch"] for row in history]
-        colour = colours[split]
-        ax.plot(
-            epochs,
-            [r["train_accuracy"] for r in history],
-            "o-",
-            color=colour,
-            label=f"train, {SPLIT_TITLES[split]}",
-        )
-        ax.plot(
-            epochs,
-            [r["val_accuracy"] for r in history],
-            "s--",
-            color=colour,
-            label=f"validation, {SPLIT_TITLES[split]}",
-        )
-        ax.plot(
-            epochs,
-            [r["val_majority_baseline"] for r in history],
-            ":",
-            color=colour,
-            alpha=0.7,
-            label=f"majority baseline, {SPLIT_TITLES[split]}",
-        )
+        for key, style, name, alpha in (
+            ("train_accuracy", "o-", "train", 1.0),
+            ("val_accuracy", "s--", "validation", 1.0),
+            ("val_majority_baseline", ":", "majority baseline", 0.7),
+        ):
+            ax.plot(
+                epochs,
+                [row[key] for row in history],
+                style,
+                color=colours[split],
+                alpha=alpha,
+                label=f"{name}, {SPLIT_TITLES[split]}",
+            )
     paper = PAPER_ACCURACY[model]
     ax.plot([PAPER_EPOCHS], [paper["train"]], "k*", markersize=12, label="paper, train")
     ax.plot(
@@ -477,11 +467,8 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if not FLAGS.report_only:
         import distributed
-        import host_memory
 
-        multi_process = distributed.initialize(FLAGS.config.distributed)
-        if FLAGS.config.keep_scratch_memory_mapped and not multi_process:
-            host_memory.keep_scratch_memory_mapped()  # before JAX starts its backend
+        distributed.start(FLAGS.config)
         run_all(FLAGS.config, FLAGS.workdir)
         import jax
 
