@@ -9,6 +9,8 @@ Each idea of the two papers that both networks use lives here, in one place:
   multiply over channels that it is.
 * `DepthwiseConv`: the 3x3 depthwise convolution, one filter per input channel (Howard et al. 2017,
   Sec. 3.1), with interchangeable formulations of identical parameters and results.
+* `batch_norm_in_training`: BatchNorm (+ ReLU6) with batch statistics and a hand-written backward
+  pass.
 * `ConvBN`: convolution + BatchNorm + optional ReLU6, the unit every layer of both networks is made
   of. The activation is optional because the MobileNetV2 projection is *linear* (Sandler et al.
   2018, Sec. 3.2).
@@ -174,12 +176,17 @@ def _depthwise_shifted_forward(x, kernel, stride):
 
 
 def _depthwise_shifted_backward(stride, residuals, grad_out):
-    """Adjoint of `depthwise_conv_shifted`, with unit-stride pads instead of strided slices.
+    """Adjoint of `depthwise_conv_shifted`: the input gradient and the kernel gradient.
 
-    The padded input is split into its stride x stride phases (space-to-depth: phase (p, q) holds
-    the pixels x_pad[s*i + p, s*j + q]); tap (a, b) of the forward pass reads phase
-    (a % s, b % s) at offset (a // s, b // s) with unit stride. With `placed` the output gradient
-    padded to that offset in its phase:
+    Input gradient, stride 1: the adjoint of a stride-1 correlation with symmetric padding is the
+    same correlation with the kernel flipped in both spatial axes, so it reuses the forward
+    function. XLA:CPU runs that 4-5x faster than the scatter-like form below, which it fuses with
+    the elementwise BatchNorm backward that produces `grad_out` and re-evaluates per tap.
+
+    Kernel gradient, and the input gradient at stride 2: the padded input is split into its
+    stride x stride phases (space-to-depth: phase (p, q) holds the pixels x_pad[s*i + p, s*j + q]);
+    tap (a, b) of the forward pass reads phase (a % s, b % s) at offset (a // s, b // s) with unit
+    stride. With `placed` the output gradient padded to that offset in its phase:
 
         dkernel[a, b] = sum(phase * placed),    dphase += placed * kernel[a, b],
 
@@ -191,6 +198,7 @@ def _depthwise_shifted_backward(stride, residuals, grad_out):
     k = kernel.shape[0]
     n, height, width, channels = x.shape
     (top, bottom), (left, right) = _spatial_padding(x.shape, k, stride)
+    flip_gives_input_gradient = stride == 1 and top == bottom and left == right
     # Pad up to a multiple of the stride so the phases have equal sizes; the extra row / column
     # is never read by a tap.
     bottom += -(height + top + bottom) % stride
@@ -228,15 +236,19 @@ def _depthwise_shifted_backward(stride, residuals, grad_out):
         for b in range(k):
             phase = phases[a % stride, b % stride]
             grad_kernel.append(jnp.sum(phase * place(grad_out_for_kernel, a, b), axis=(0, 1, 2)))
-            term = place(grad_out, a, b) * kernel[a, b, 0].astype(jnp.float32)
-            grad_phases[a % stride][b % stride] = grad_phases[a % stride][b % stride] + term
-    grad_x_pad = (
-        jnp.stack([jnp.stack(row) for row in grad_phases])
-        .transpose(2, 3, 0, 4, 1, 5)
-        .reshape(x_pad.shape)
-    )
-    grad_x = grad_x_pad[:, top : top + height, left : left + width]
+            if not flip_gives_input_gradient:
+                term = place(grad_out, a, b) * kernel[a, b, 0].astype(jnp.float32)
+                grad_phases[a % stride][b % stride] = grad_phases[a % stride][b % stride] + term
     grad_kernel = jnp.stack(grad_kernel).reshape(kernel.shape)
+    if flip_gives_input_gradient:
+        grad_x = depthwise_conv_shifted(grad_out, kernel[::-1, ::-1], 1)
+    else:
+        grad_x_pad = (
+            jnp.stack([jnp.stack(row) for row in grad_phases])
+            .transpose(2, 3, 0, 4, 1, 5)
+            .reshape(x_pad.shape)
+        )
+        grad_x = grad_x_pad[:, top : top + height, left : left + width]
     return grad_x.astype(x.dtype), grad_kernel.astype(kernel.dtype)
 
 
@@ -359,6 +371,64 @@ class Conv2D(nnx.Module):
         )
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def batch_norm_in_training(
+    x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float, apply_relu6: bool
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """BatchNorm with the statistics of this batch (+ ReLU6), with a hand-written backward pass.
+
+    x: [rows, channels], float32. Returns (y, batch mean, batch variance); the statistics only feed
+    the running averages and are treated as constants (their cotangents are ignored, as if they
+    went through `stop_gradient`). The forward pass is `nnx.BatchNorm`'s (fast variance
+    E[x^2] - E[x]^2); `apply_relu6` adds the activation. The backward pass is the textbook one,
+    with xhat = (x - mean) / sqrt(var + epsilon) and g the output gradient (masked by ReLU6):
+
+        dbias = sum(g),   dscale = sum(g * xhat),
+        dx = scale / sqrt(var + epsilon) * (g - dbias / rows - xhat * dscale / rows),
+
+    two per-channel reductions and one elementwise pass, recomputing the ReLU6 mask from x
+    instead of storing it. Autodiff of the same forward pass yields more reductions and passes;
+    on XLA:CPU this form makes a MobileNetV2 train step ~5% faster.
+    """
+    return _batch_norm_forward(x, scale, bias, epsilon, apply_relu6)[0]
+
+
+def _normalize(x, mean, inv_std, scale, bias, apply_relu6):
+    y = (x - mean) * (scale * inv_std) + bias
+    return relu6(y) if apply_relu6 else y
+
+
+def _batch_norm_forward(x, scale, bias, epsilon, apply_relu6):
+    rows = x.shape[0]
+    mean = jnp.sum(x, axis=0) / rows
+    var = jnp.maximum(jnp.sum(x * x, axis=0) / rows - mean * mean, 0.0)
+    inv_std = jax.lax.rsqrt(var + epsilon)
+    y = _normalize(x, mean, inv_std, scale, bias, apply_relu6)
+    return (y, mean, var), (x, mean, inv_std, scale, bias)
+
+
+def _batch_norm_backward(epsilon, apply_relu6, residuals, cotangents):
+    del epsilon  # inv_std already holds it
+    x, mean, inv_std, scale, bias = residuals
+    grad = cotangents[0]  # the statistics' cotangents are ignored: see the docstring
+    rows = x.shape[0]
+    centered = x - mean
+    if apply_relu6:
+        pre_activation = _normalize(x, mean, inv_std, scale, bias, apply_relu6=False)
+        grad = jnp.where((pre_activation > 0.0) & (pre_activation < 6.0), grad, 0.0)
+    grad_bias = jnp.sum(grad, axis=0)
+    grad_scale = jnp.sum(grad * centered, axis=0) * inv_std
+    gain = scale * inv_std
+    grad_x = gain * (grad - grad_bias / rows) - centered * (gain * inv_std * grad_scale / rows)
+    return grad_x, grad_scale, grad_bias
+
+
+batch_norm_in_training.defvjp(
+    lambda *args: (batch_norm_in_training(*args), _batch_norm_forward(*args)[1]),
+    _batch_norm_backward,
+)
+
+
 class ConvBN(nnx.Module):
     """A convolution (no bias: BatchNorm's shift replaces it), BatchNorm, then ReLU6 or nothing.
 
@@ -366,7 +436,9 @@ class ConvBN(nnx.Module):
     "pointwise" (`Pointwise`, 1x1). `activation=False` gives the *linear* bottleneck projection of
     MobileNetV2: a ReLU on a low-dimensional output would destroy information (Sandler et al. 2018,
     Sec. 3.2). BatchNorm computes its statistics and normalises in float32 whatever the compute
-    dtype; the result is cast back to the compute dtype.
+    dtype; the result is cast back to the compute dtype. `norm` is an `nnx.BatchNorm` (its
+    parameters, statistics and evaluation mode); in training mode the normalisation and ReLU6 run
+    as `batch_norm_in_training`, whose backward pass is written out.
     """
 
     def __init__(
@@ -426,9 +498,24 @@ class ConvBN(nnx.Module):
         return cls(**dataclasses.asdict(spec), **options)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        y = self.norm(self.conv(x))  # float32: the convolutions accumulate and return float32
-        if self.activation:
-            y = relu6(y)
+        conv_out = self.conv(x)  # float32: the convolutions accumulate and return float32
+        norm = self.norm
+        if norm.use_running_average:
+            y = norm(conv_out)
+            y = relu6(y) if self.activation else y
+        else:
+            y, mean, var = batch_norm_in_training(
+                conv_out.reshape(-1, self.out_features),
+                norm.scale[...],
+                norm.bias[...],
+                norm.epsilon,
+                self.activation,
+            )
+            y = y.reshape(conv_out.shape)
+            # nnx.BatchNorm's running averages, updated as nnx.BatchNorm updates them.
+            keep = norm.momentum
+            norm.mean[...] = jax.lax.stop_gradient(keep * norm.mean[...] + (1 - keep) * mean)
+            norm.var[...] = jax.lax.stop_gradient(keep * norm.var[...] + (1 - keep) * var)
         return y.astype(self.dtype)
 
 

@@ -66,9 +66,13 @@ def test_two_processes_match_one_process(tmp_path, data_dir):
     two = json.loads((tmp_path / "multi" / "summary.json").read_text())
     assert (one["processes"], two["processes"]) == (1, 2)
     assert two["devices"] == 2
-    # The same global batches, so the same trajectory up to the order of float sums.
-    for key in ("loss", "roc_auc", "pr_auc"):
-        assert two["test"][key] == pytest.approx(one["test"][key], rel=2e-3, abs=2e-3), key
+    # The same global batches, so the same trajectory up to the order of float sums. On this tiny
+    # test split (51 patches) the order of two nearly tied scores can flip: allow two such pairs.
+    test = one["test"]
+    pairs = (test["tp"] + test["fn"]) * (test["tn"] + test["fp"])
+    assert two["test"]["loss"] == pytest.approx(test["loss"], rel=2e-3)
+    for key in ("roc_auc", "pr_auc"):
+        assert two["test"][key] == pytest.approx(test[key], abs=2 / pairs), key
     assert two["final_train"]["loss"] == pytest.approx(one["final_train"]["loss"], rel=2e-3)
     assert two["test"]["num_examples"] == one["test"]["num_examples"]
     # Outputs are written once, by process 0.

@@ -103,13 +103,14 @@ def test_auto_depthwise_is_shifted_on_cpu():
 
 
 @pytest.mark.parametrize("stride", [1, 2])
-def test_depthwise_impls_have_identical_parameters_values_and_gradients(stride):
+@pytest.mark.parametrize("kernel_size", [3, 2])  # 2: asymmetric 'SAME' padding at stride 1
+def test_depthwise_impls_have_identical_parameters_values_and_gradients(stride, kernel_size):
     rng = np.random.default_rng(1)
     x = jnp.asarray(rng.normal(size=(2, 9, 10, 6)), jnp.float32)
     cotangent = jnp.asarray(rng.normal(size=(2, 5, 5, 6) if stride == 2 else (2, 9, 10, 6)))
     results = {}
     for impl in ("grouped", "shifted"):
-        conv = DepthwiseConv(6, stride=stride, impl=impl, rngs=nnx.Rngs(7))
+        conv = DepthwiseConv(6, stride=stride, kernel_size=kernel_size, impl=impl, rngs=nnx.Rngs(7))
         params = nnx.state(conv, nnx.Param)
 
         def loss(kernel, x, impl=impl):
@@ -181,6 +182,36 @@ def test_batchnorm_train_updates_running_stats_and_eval_uses_them():
     np.testing.assert_allclose(np.asarray(layer(x[:1])), y_eval[:1], rtol=1e-6)
 
 
+@pytest.mark.parametrize("apply_relu6", [False, True])
+def test_batch_norm_in_training_matches_autodiff_of_nnx_batchnorm(apply_relu6):
+    rng = np.random.default_rng(9)
+    # An offset mean and a wide spread: ReLU6 clips at both ends, fast variance is exercised.
+    x = jnp.asarray(rng.normal(size=(300, 5)) * 3.0 + 2.0, jnp.float32)
+    scale = jnp.asarray(rng.uniform(1.0, 4.0, 5), jnp.float32)
+    bias = jnp.asarray(rng.normal(size=5), jnp.float32)
+    cotangent = jnp.asarray(rng.normal(size=(300, 5)), jnp.float32)
+
+    def reference(x, scale, bias):
+        norm = nnx.BatchNorm(5, epsilon=1e-3, use_running_average=False, rngs=nnx.Rngs(0))
+        norm.scale[...], norm.bias[...] = scale, bias
+        y = norm(x)
+        return layers.relu6(y) if apply_relu6 else y
+
+    def custom(x, scale, bias):
+        return layers.batch_norm_in_training(x, scale, bias, 1e-3, apply_relu6)[0]
+
+    want_y, want_vjp = jax.vjp(reference, x, scale, bias)
+    got_y, got_vjp = jax.vjp(custom, x, scale, bias)
+    np.testing.assert_allclose(got_y, want_y, rtol=1e-5, atol=1e-5)
+    if apply_relu6:
+        assert 0 < np.mean(np.asarray(got_y) == 0.0) < 0.9 and np.any(np.asarray(got_y) == 6.0)
+    for got, want in zip(got_vjp(cotangent), want_vjp(cotangent)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    _, mean, var = layers.batch_norm_in_training(x, scale, bias, 1e-3, apply_relu6)
+    np.testing.assert_allclose(mean, np.asarray(x).mean(0), rtol=1e-5)
+    np.testing.assert_allclose(var, np.asarray(x, np.float64).var(0), rtol=1e-4)
+
+
 def test_relu6_bounds_activation_and_linear_layer_does_not():
     x = jnp.asarray(np.random.default_rng(5).normal(size=(2, 4, 4, 4)) * 50, jnp.float32)
     activated_layer, linear_layer = _conv_bn(activation=True), _conv_bn(activation=False)
@@ -210,13 +241,14 @@ def test_bfloat16_compute_keeps_batchnorm_in_float32():
         assert variable.dtype == jnp.float32
 
 
-def test_shifted_depthwise_gradients_in_bfloat16_keep_input_dtypes():
+@pytest.mark.parametrize("stride", [1, 2])
+def test_shifted_depthwise_gradients_in_bfloat16_keep_input_dtypes(stride):
     rng = np.random.default_rng(8)
     x = jnp.asarray(rng.normal(size=(2, 8, 7, 4)), jnp.float32)
     kernel = jnp.asarray(rng.normal(size=(3, 3, 1, 4)), jnp.float32)
 
     def loss(x, kernel, impl):
-        out = layers._DEPTHWISE_FUNCTIONS[impl](x, kernel, 2)
+        out = layers._DEPTHWISE_FUNCTIONS[impl](x, kernel, stride)
         assert out.dtype == jnp.float32  # accumulated in float32 whatever the input dtype
         return jnp.sum(out * out)
 

@@ -269,7 +269,10 @@ def test_eight_devices_follow_the_single_device_trajectory(data_dir):
     # steps: parameters with near-zero gradients move by +-lr either way.)
     single, eight = losses(1), losses(8)
     assert single[-1] < single[0]
-    np.testing.assert_allclose(eight, single, rtol=1e-4)
+    # The first loss is one forward pass: only the order of the cross-device sums differs. Later
+    # losses carry that rounding through Adam's updates; measured: 1.4e-4 after five steps.
+    np.testing.assert_allclose(eight[0], single[0], rtol=1e-5)
+    np.testing.assert_allclose(eight, single, rtol=5e-4)
 
 
 def test_missing_kaggle_download_says_what_to_do(tmp_path):
