@@ -210,10 +210,6 @@ def _depthwise_shifted_backward(stride, residuals, grad_out):
     phases = x_pad.reshape(n, phase_h, stride, phase_w, stride, channels).transpose(
         2, 4, 0, 1, 3, 5
     )
-    # XLA:CPU would fuse the dx loop and the dkernel reductions, which share `placed`, into one
-    # multi-output loop that runs ~4x slower than the two apart. The barrier gives the dkernel
-    # reductions their own copy of the inputs, so the fusions stay separate.
-    grad_out_for_kernel, phases = jax.lax.optimization_barrier((grad_out, phases))
 
     def place(grad, a, b):
         """grad at offset (a // stride, b // stride) of a zero phase-sized array."""
@@ -235,7 +231,7 @@ def _depthwise_shifted_backward(stride, residuals, grad_out):
     for a in range(k):
         for b in range(k):
             phase = phases[a % stride, b % stride]
-            grad_kernel.append(jnp.sum(phase * place(grad_out_for_kernel, a, b), axis=(0, 1, 2)))
+            grad_kernel.append(jnp.sum(phase * place(grad_out, a, b), axis=(0, 1, 2)))
             if not flip_gives_input_gradient:
                 term = place(grad_out, a, b) * kernel[a, b, 0].astype(jnp.float32)
                 grad_phases[a % stride][b % stride] = grad_phases[a % stride][b % stride] + term
