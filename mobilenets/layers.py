@@ -180,8 +180,8 @@ def _depthwise_shifted_backward(stride, residuals, grad_out):
 
     Input gradient, stride 1: the adjoint of a stride-1 correlation with symmetric padding is the
     same correlation with the kernel flipped in both spatial axes, so it reuses the forward
-    function. XLA:CPU runs that 4-5x faster than the scatter-like form below, which it fuses with
-    the elementwise BatchNorm backward that produces `grad_out` and re-evaluates per tap.
+    function. XLA:CPU runs that 2.5-4x faster than the phase form below, into which it also fuses
+    the elementwise BatchNorm backward that produces `grad_out`, re-evaluated for every tap.
 
     Kernel gradient, and the input gradient at stride 2: the padded input is split into its
     stride x stride phases (space-to-depth: phase (p, q) holds the pixels x_pad[s*i + p, s*j + q]);
@@ -384,7 +384,8 @@ def batch_norm_in_training(
 
     two per-channel reductions and one elementwise pass, recomputing the ReLU6 mask from x
     instead of storing it. Autodiff of the same forward pass yields more reductions and passes;
-    on XLA:CPU this form makes a MobileNetV2 train step ~5% faster.
+    on XLA:CPU this form makes the MobileNet train steps 3-6% faster (together with the
+    flipped-kernel depthwise input gradient; alone it is slower: benchmarks/RESULTS.md).
     """
     return _batch_norm_forward(x, scale, bias, epsilon, apply_relu6)[0]
 
