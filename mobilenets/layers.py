@@ -231,9 +231,10 @@ def _depthwise_shifted_backward(stride, residuals, grad_out):
     for a in range(k):
         for b in range(k):
             phase = phases[a % stride, b % stride]
-            grad_kernel.append(jnp.sum(phase * place(grad_out, a, b), axis=(0, 1, 2)))
+            placed = place(grad_out, a, b)
+            grad_kernel.append(jnp.sum(phase * placed, axis=(0, 1, 2)))
             if not flip_gives_input_gradient:
-                term = place(grad_out, a, b) * kernel[a, b, 0].astype(jnp.float32)
+                term = placed * kernel[a, b, 0].astype(jnp.float32)
                 grad_phases[a % stride][b % stride] = grad_phases[a % stride][b % stride] + term
     grad_kernel = jnp.stack(grad_kernel).reshape(kernel.shape)
     if flip_gives_input_gradient:
