@@ -50,6 +50,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from mobilenets import cpu_kernels
+
 DepthwiseImpl = Literal["auto", "grouped", "shifted"]
 DEPTHWISE_IMPLS: tuple[str, ...] = ("auto", "grouped", "shifted")
 
@@ -193,6 +195,10 @@ def _depthwise_shifted_backward(stride, residuals, grad_out):
     then the phases are interleaved back and the padding cropped. This is the gradient autodiff
     derives, but autodiff reduces over strided slices and dilated pads, which XLA:CPU runs 5-10x
     slower than these unit-stride pads.
+
+    On the CPU backend the kernel gradient is instead one pass of a native kernel
+    (`cpu_kernels.depthwise_kernel_grad`, the same sum): the k * k reductions above each read
+    the activations again, 17-25% of a train step; the native pass makes the step ~15% faster.
     """
     x, kernel = residuals
     k = kernel.shape[0]
@@ -225,18 +231,34 @@ def _depthwise_shifted_backward(stride, residuals, grad_out):
             ),
         )
 
-    zeros = jnp.zeros((n, phase_h, phase_w, channels), jnp.float32)
-    grad_phases = [[zeros] * stride for _ in range(stride)]
-    grad_kernel = []
-    for a in range(k):
-        for b in range(k):
-            phase = phases[a % stride, b % stride]
-            placed = place(grad_out, a, b)
-            grad_kernel.append(jnp.sum(phase * placed, axis=(0, 1, 2)))
-            if not flip_gives_input_gradient:
-                term = placed * kernel[a, b, 0].astype(jnp.float32)
-                grad_phases[a % stride][b % stride] = grad_phases[a % stride][b % stride] + term
-    grad_kernel = jnp.stack(grad_kernel).reshape(kernel.shape)
+    def taps(kernel_grad: bool, input_grad: bool):
+        """One pass over the taps: the kernel gradient and / or the input gradient's phases."""
+        zeros = jnp.zeros((n, phase_h, phase_w, channels), jnp.float32)
+        grad_phases = [[zeros] * stride for _ in range(stride)]
+        grad_kernel = []
+        for a in range(k):
+            for b in range(k):
+                placed = place(grad_out, a, b)
+                if kernel_grad:
+                    phase = phases[a % stride, b % stride]
+                    grad_kernel.append(jnp.sum(phase * placed, axis=(0, 1, 2)))
+                if input_grad:
+                    term = placed * kernel[a, b, 0].astype(jnp.float32)
+                    grad_phases[a % stride][b % stride] = grad_phases[a % stride][b % stride] + term
+        return (jnp.stack(grad_kernel).reshape(kernel.shape) if kernel_grad else None), grad_phases
+
+    if cpu_kernels.load():
+        grad_kernel = jax.lax.platform_dependent(
+            x,
+            grad_out,
+            cpu=lambda x, grad_out: cpu_kernels.depthwise_kernel_grad(
+                x, grad_out, k, stride, top, left
+            ),
+            default=lambda x, grad_out: taps(kernel_grad=True, input_grad=False)[0],
+        )
+        grad_phases = None if flip_gives_input_gradient else taps(False, True)[1]
+    else:
+        grad_kernel, grad_phases = taps(True, not flip_gives_input_gradient)
     if flip_gives_input_gradient:
         grad_x = depthwise_conv_shifted(grad_out, kernel[::-1, ::-1], 1)
     else:
