@@ -76,11 +76,115 @@ void ParallelFor(ffi::ThreadPool& pool, int64_t slices, Task task) {
       state->done.notify_all();
     }
   };
-  const int64_t helpers = std::min<int64_t>(pool.num_threads(), slices - 1);
+  // The caller works too: with the pool's size in workers the cores are not oversubscribed.
+  const int64_t helpers = std::min<int64_t>(pool.num_threads() - 1, slices - 1);
   for (int64_t h = 0; h < helpers; ++h) pool.Schedule([work] { work(); });
   work();
   std::unique_lock<std::mutex> lock(state->mutex);
   state->done.wait(lock, [&] { return state->finished == slices; });
+}
+
+struct DepthwiseShapes {
+  int64_t batch, height, width, channels, out_h, out_w, k;
+};
+
+// x: [N, H, W, C] (the image side), y: [N, OH, OW, C] (the output side), kernel [k, k, 1, C].
+ffi::ErrorOr<DepthwiseShapes> CheckDepthwise(ffi::Buffer<ffi::F32>& image,
+                                             ffi::Buffer<ffi::F32>& kernel, int64_t out_h,
+                                             int64_t out_w) {
+  auto x = image.dimensions();
+  auto k = kernel.dimensions();
+  if (x.size() != 4 || k.size() != 4 || k[0] != k[1] || k[2] != 1 || k[3] != x[3]) {
+    return ffi::Unexpected(
+        ffi::Error::InvalidArgument("depthwise: expected NHWC images and a (k, k, 1, C) kernel"));
+  }
+  return DepthwiseShapes{x[0], x[1], x[2], x[3], out_h, out_w, k[0]};
+}
+
+// out[n, i, j, c] = sum_{a, b} x[n, s*i + a - pad_top, s*j + b - pad_left, c] * kernel[a, b, c]:
+// one output row at a time, accumulated in cache, the channel loop vectorised.
+ffi::Error DepthwiseConvImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                             ffi::Buffer<ffi::F32> kernel, ffi::ResultBuffer<ffi::F32> out,
+                             int64_t stride, int64_t pad_top, int64_t pad_left) {
+  auto shapes = CheckDepthwise(x, kernel, out->dimensions()[1], out->dimensions()[2]);
+  if (shapes.has_error()) return shapes.error();
+  const DepthwiseShapes d = shapes.value();
+  const float* x_data = x.typed_data();
+  const float* k_data = kernel.typed_data();
+  float* out_data = out->typed_data();
+  ParallelFor(pool, d.batch, [=](int64_t n) {
+    const float* x_image = x_data + n * d.height * d.width * d.channels;
+    float* out_image = out_data + n * d.out_h * d.out_w * d.channels;
+    std::fill(out_image, out_image + d.out_h * d.out_w * d.channels, 0.0f);
+    for (int64_t i = 0; i < d.out_h; ++i) {
+      float* out_row = out_image + i * d.out_w * d.channels;
+      for (int64_t a = 0; a < d.k; ++a) {
+        const int64_t row = stride * i + a - pad_top;
+        if (row < 0 || row >= d.height) continue;
+        const float* x_row = x_image + row * d.width * d.channels;
+        for (int64_t j = 0; j < d.out_w; ++j) {
+          float* __restrict o = out_row + j * d.channels;
+          for (int64_t b = 0; b < d.k; ++b) {
+            const int64_t col = stride * j + b - pad_left;
+            if (col < 0 || col >= d.width) continue;
+            const float* __restrict xv = x_row + col * d.channels;
+            const float* __restrict kv = k_data + (a * d.k + b) * d.channels;
+#pragma GCC ivdep
+            for (int64_t c = 0; c < d.channels; ++c) o[c] += xv[c] * kv[c];
+          }
+        }
+      }
+    }
+  });
+  return ffi::Error::Success();
+}
+
+// The adjoint of DepthwiseConv with respect to x (the input gradient): every output gradient
+// pixel adds grad * kernel[a, b] to the input pixel that tap (a, b) read. Per image, so the
+// scattered additions never race and their order is fixed.
+ffi::Error DepthwiseConvTransposeImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> grad_out,
+                                      ffi::Buffer<ffi::F32> kernel,
+                                      ffi::ResultBuffer<ffi::F32> grad_x, int64_t stride,
+                                      int64_t pad_top, int64_t pad_left) {
+  auto g_dims = grad_out.dimensions();
+  auto x_dims = grad_x->dimensions();
+  if (g_dims.size() != 4 || x_dims.size() != 4 || g_dims[0] != x_dims[0] ||
+      g_dims[3] != x_dims[3]) {
+    return ffi::Error::InvalidArgument("depthwise_conv_transpose: inconsistent shapes");
+  }
+  auto shapes = CheckDepthwise(grad_out, kernel, g_dims[1], g_dims[2]);
+  if (shapes.has_error()) return shapes.error();
+  const int64_t k = shapes.value().k, channels = x_dims[3];
+  const int64_t batch = x_dims[0], height = x_dims[1], width = x_dims[2];
+  const int64_t out_h = g_dims[1], out_w = g_dims[2];
+  const float* g_data = grad_out.typed_data();
+  const float* k_data = kernel.typed_data();
+  float* dx_data = grad_x->typed_data();
+  ParallelFor(pool, batch, [=](int64_t n) {
+    const float* g_image = g_data + n * out_h * out_w * channels;
+    float* dx_image = dx_data + n * height * width * channels;
+    std::fill(dx_image, dx_image + height * width * channels, 0.0f);
+    for (int64_t i = 0; i < out_h; ++i) {
+      const float* g_row = g_image + i * out_w * channels;
+      for (int64_t a = 0; a < k; ++a) {
+        const int64_t row = stride * i + a - pad_top;
+        if (row < 0 || row >= height) continue;
+        float* dx_row = dx_image + row * width * channels;
+        for (int64_t j = 0; j < out_w; ++j) {
+          const float* __restrict g = g_row + j * channels;
+          for (int64_t b = 0; b < k; ++b) {
+            const int64_t col = stride * j + b - pad_left;
+            if (col < 0 || col >= width) continue;
+            float* __restrict dxv = dx_row + col * channels;
+            const float* __restrict kv = k_data + (a * k + b) * channels;
+#pragma GCC ivdep
+            for (int64_t c = 0; c < channels; ++c) dxv[c] += g[c] * kv[c];
+          }
+        }
+      }
+    }
+  });
+  return ffi::Error::Success();
 }
 
 ffi::Error DepthwiseKernelGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
@@ -121,7 +225,185 @@ ffi::Error DepthwiseKernelGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x
   return ffi::Error::Success();
 }
 
+
+// Two per-channel sums over the rows of [rows, C] arrays (BatchNorm's reductions) in one pass,
+// instead of one XLA reduction per sum. `terms(row, c, sum0, sum1)` adds row `row`'s terms for
+// channel c. Blocks of 64 rows are summed in float, row by row (a contiguous stream), then
+// added to double accumulators, so the fast variance E[x^2] - E[x]^2 loses nothing to cancellation over
+// ~10^5-10^6 rows. Rows are cut into a fixed number of slices, summed in a fixed order: the
+// result does not depend on the thread count.
+template <typename Terms>
+void ChannelSumPair(ffi::ThreadPool& pool, int64_t rows, int64_t channels, Terms terms,
+                    float* out0, float* out1) {
+  constexpr int64_t kRowBlock = 64;
+  const int64_t slices = std::max<int64_t>(1, std::min<int64_t>(16, rows / 256));
+  std::vector<double> partial(slices * 2 * channels, 0.0);
+  double* partial_data = partial.data();
+  ParallelFor(pool, slices, [=](int64_t s) {
+    double* acc0 = partial_data + s * 2 * channels;
+    double* acc1 = acc0 + channels;
+    std::vector<float> block_sums(2 * channels);
+    float* __restrict sum0 = block_sums.data();
+    float* __restrict sum1 = sum0 + channels;
+    const int64_t end = (s + 1) * rows / slices;
+    for (int64_t first = s * rows / slices; first < end; first += kRowBlock) {
+      std::fill(sum0, sum0 + 2 * channels, 0.0f);
+      for (int64_t row = first; row < std::min(end, first + kRowBlock); ++row) {
+#pragma GCC ivdep
+        for (int64_t c = 0; c < channels; ++c) terms(row, c, sum0[c], sum1[c]);
+      }
+      for (int64_t c = 0; c < channels; ++c) {
+        acc0[c] += sum0[c];
+        acc1[c] += sum1[c];
+      }
+    }
+  });
+  for (int64_t c = 0; c < channels; ++c) {
+    double total0 = 0.0, total1 = 0.0;
+    for (int64_t s = 0; s < slices; ++s) {
+      total0 += partial_data[s * 2 * channels + c];
+      total1 += partial_data[s * 2 * channels + channels + c];
+    }
+    out0[c] = static_cast<float>(total0);
+    out1[c] = static_cast<float>(total1);
+  }
+}
+
+ffi::Error CheckRowsByChannels(ffi::Buffer<ffi::F32>& x, int64_t channels) {
+  auto dims = x.dimensions();
+  if (dims.size() != 2 || dims[1] != channels) {
+    return ffi::Error::InvalidArgument("expected a [rows, channels] float32 array");
+  }
+  return ffi::Error::Success();
+}
+
+// (sum_r x[r, c], sum_r x[r, c]^2): the batch statistics of BatchNorm's forward pass.
+ffi::Error MomentSumsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                          ffi::ResultBuffer<ffi::F32> sum, ffi::ResultBuffer<ffi::F32> sum_sq) {
+  const int64_t channels = sum->element_count();
+  if (auto error = CheckRowsByChannels(x, channels); error.failure()) return error;
+  const int64_t rows = x.dimensions()[0];
+  const float* data = x.typed_data();
+  ChannelSumPair(
+      pool, rows, channels,
+      [=](int64_t row, int64_t c, float& total, float& total_sq) {
+        const float value = data[row * channels + c];
+        total += value;
+        total_sq += value * value;
+      },
+      sum->typed_data(), sum_sq->typed_data());
+  return ffi::Error::Success();
+}
+
+// The backward pass of BatchNorm in training mode (+ ReLU6), `layers.batch_norm_in_training`:
+//   g = grad_out, masked where relu6 is set to 0 < (x - mean) * gain + bias < 6, gain =
+//   scale * inv_std (the pre-activation recomputed from x exactly as the forward pass rounds it);
+//   dbias = sum_r g,  dscale = (sum_r g * x - mean * dbias) * inv_std,
+//   dx = gain * (g - dbias / rows) - (x - mean) * (gain * inv_std * dscale / rows).
+// Two passes over the activations: the sums, then dx. XLA would write g out for its two
+// reductions, or, given the sums, fuse the elementwise dx into every consumer of it (the nine
+// taps of a depthwise backward among them) and recompute it there.
+template <bool kRelu6>  // a compile-time flag: a runtime one leaves conditional loads (gathers)
+ffi::Error BatchNormBackwardPasses(ffi::ThreadPool& pool, ffi::Buffer<ffi::F32>& grad_out,
+                             ffi::Buffer<ffi::F32>& x, ffi::Buffer<ffi::F32>& mean,
+                             ffi::Buffer<ffi::F32>& inv_std, ffi::Buffer<ffi::F32>& scale,
+                             ffi::Buffer<ffi::F32>& bias, ffi::ResultBuffer<ffi::F32>& grad_x,
+                             ffi::ResultBuffer<ffi::F32>& grad_scale,
+                             ffi::ResultBuffer<ffi::F32>& grad_bias) {
+  const int64_t channels = grad_bias->element_count();
+  if (auto error = CheckRowsByChannels(x, channels); error.failure()) return error;
+  if (auto error = CheckRowsByChannels(grad_out, channels); error.failure()) return error;
+  if (mean.element_count() != channels || inv_std.element_count() != channels ||
+      scale.element_count() != channels || bias.element_count() != channels ||
+      grad_scale->element_count() != channels || grad_x->element_count() != x.element_count() ||
+      grad_out.dimensions()[0] != x.dimensions()[0]) {
+    return ffi::Error::InvalidArgument("batch_norm_backward: inconsistent shapes");
+  }
+  const int64_t rows = x.dimensions()[0];
+  const float* g_data = grad_out.typed_data();
+  const float* x_data = x.typed_data();
+  const float* mean_data = mean.typed_data();
+  const float* bias_data = bias.typed_data();
+  std::vector<float> gain_vector(channels);
+  float* gain = gain_vector.data();
+  for (int64_t c = 0; c < channels; ++c) gain[c] = scale.typed_data()[c] * inv_std.typed_data()[c];
+  // g[c] of one row. Loads the gradient unconditionally (a load under the condition would not
+  // vectorise), through row pointers (with flat indices GCC emits gathers).
+  auto masked = [=](const float* __restrict g_row, const float* __restrict x_row, int64_t c) {
+    const float upstream = g_row[c];
+    if (!kRelu6) return upstream;
+    const float pre = (x_row[c] - mean_data[c]) * gain[c] + bias_data[c];
+    return (pre > 0.0f && pre < 6.0f) ? upstream : 0.0f;
+  };
+  float* sum_grad = grad_bias->typed_data();
+  float* sum_grad_x = grad_scale->typed_data();
+  auto terms = [=](int64_t row, int64_t c, float& total, float& total_x) {
+    const float* x_row = x_data + row * channels;
+    const float grad = masked(g_data + row * channels, x_row, c);
+    total += grad;
+    total_x += grad * x_row[c];
+  };
+  ChannelSumPair(pool, rows, channels, terms, sum_grad, sum_grad_x);
+
+  std::vector<float> coefficients(2 * channels);
+  float* centered_gain = coefficients.data();  // gain * inv_std * dscale / rows
+  float* mean_grad = centered_gain + channels;  // dbias / rows
+  for (int64_t c = 0; c < channels; ++c) {
+    const float inv = inv_std.typed_data()[c];
+    sum_grad_x[c] = (sum_grad_x[c] - mean_data[c] * sum_grad[c]) * inv;  // now dscale
+    centered_gain[c] = gain[c] * inv * sum_grad_x[c] / static_cast<float>(rows);
+    mean_grad[c] = sum_grad[c] / static_cast<float>(rows);
+  }
+  float* dx = grad_x->typed_data();
+  const int64_t slices = std::max<int64_t>(1, std::min<int64_t>(16, rows / 256));
+  ParallelFor(pool, slices, [=](int64_t s) {
+    for (int64_t row = s * rows / slices; row < (s + 1) * rows / slices; ++row) {
+      const float* __restrict g_row = g_data + row * channels;
+      const float* __restrict x_row = x_data + row * channels;
+      float* __restrict dx_row = dx + row * channels;
+#pragma GCC ivdep
+      for (int64_t c = 0; c < channels; ++c) {
+        dx_row[c] = gain[c] * (masked(g_row, x_row, c) - mean_grad[c]) -
+                    (x_row[c] - mean_data[c]) * centered_gain[c];
+      }
+    }
+  });
+  return ffi::Error::Success();
+}
+
+ffi::Error BatchNormBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> grad_out,
+                                 ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> mean,
+                                 ffi::Buffer<ffi::F32> inv_std, ffi::Buffer<ffi::F32> scale,
+                                 ffi::Buffer<ffi::F32> bias, ffi::ResultBuffer<ffi::F32> grad_x,
+                                 ffi::ResultBuffer<ffi::F32> grad_scale,
+                                 ffi::ResultBuffer<ffi::F32> grad_bias, bool relu6) {
+  return relu6 ? BatchNormBackwardPasses<true>(pool, grad_out, x, mean, inv_std, scale, bias, grad_x,
+                                         grad_scale, grad_bias)
+               : BatchNormBackwardPasses<false>(pool, grad_out, x, mean, inv_std, scale, bias, grad_x,
+                                          grad_scale, grad_bias);
+}
+
 }  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(DepthwiseConv, DepthwiseConvImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // x
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // kernel
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // out
+                                  .Attr<int64_t>("stride")
+                                  .Attr<int64_t>("pad_top")
+                                  .Attr<int64_t>("pad_left"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(DepthwiseConvTranspose, DepthwiseConvTransposeImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // grad_out
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // kernel
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // grad_x
+                                  .Attr<int64_t>("stride")
+                                  .Attr<int64_t>("pad_top")
+                                  .Attr<int64_t>("pad_left"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(DepthwiseKernelGrad, DepthwiseKernelGradImpl,
                               ffi::Ffi::Bind()
@@ -132,3 +414,24 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(DepthwiseKernelGrad, DepthwiseKernelGradImpl,
                                   .Attr<int64_t>("stride")
                                   .Attr<int64_t>("pad_top")
                                   .Attr<int64_t>("pad_left"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MomentSums, MomentSumsImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormBackward, BatchNormBackwardImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // grad_out
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // x
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // mean
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // inv_std
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // scale
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // bias
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // grad_x
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // grad_scale
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // grad_bias
+                                  .Attr<bool>("relu6"));

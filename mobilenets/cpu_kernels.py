@@ -1,8 +1,12 @@
-"""Native CPU kernels, called from jitted code through XLA's FFI (`jax.ffi`).
+"""Native CPU kernels for the reductions of a train step, called through XLA's FFI (`jax.ffi`).
 
-XLA:CPU writes a depthwise convolution's *kernel* gradient as k * k multiply-reduce passes over
-the activations (one per tap), bandwidth-bound, 17-25% of a MobileNet train step on a 2-core
-CPU. `cpu_kernels.cc` does it in one pass: 2-9x faster per layer (benchmarks/RESULTS.md).
+XLA:CPU runs every reduction as its own pass over the activations. A depthwise convolution's
+*kernel* gradient is k * k such multiply-reduce passes (one per tap), 17-25% of a MobileNet train
+step on a 2-core CPU; BatchNorm's statistics and gradient sums are two more each, and its
+backward pass writes the ReLU6-masked gradient out for them. `cpu_kernels.cc` computes each
+group of sums in one pass over the data (benchmarks/RESULTS.md has the per-kernel and per-step
+figures). `on_cpu` picks the native kernel when lowering for the CPU, the portable jnp
+formulation elsewhere.
 
 The kernel is compiled on first use with the host's C++ compiler (`$CXX`, else `c++`/`g++`,
 about 2 s) against the FFI headers that jaxlib ships, for this CPU (`-march=native`), into
@@ -23,6 +27,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -30,8 +35,17 @@ import jax.numpy as jnp
 import numpy as np
 
 SOURCE = Path(__file__).with_name("cpu_kernels.cc")
-DEPTHWISE_KERNEL_GRAD = "mobilenets_depthwise_kernel_grad"
-_FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w")
+# name of the XLA FFI target -> symbol of its handler in the library
+TARGETS = {
+    "mobilenets_depthwise_conv": "DepthwiseConv",
+    "mobilenets_depthwise_conv_transpose": "DepthwiseConvTranspose",
+    "mobilenets_depthwise_kernel_grad": "DepthwiseKernelGrad",
+    "mobilenets_moment_sums": "MomentSums",
+    "mobilenets_batch_norm_backward": "BatchNormBackward",
+}
+# -ffp-contract=off: no fused multiply-adds, so the ReLU6 mask recomputed here from x rounds
+# exactly as XLA's forward pass did.
+_FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-std=c++17", "-shared", "-fPIC", "-w")
 
 log = logging.getLogger(__name__)
 
@@ -104,10 +118,73 @@ def load() -> bool:
     except (OSError, RuntimeError, subprocess.SubprocessError) as error:
         log.warning("native CPU kernels unavailable (%s); using XLA's formulation", error)
         return False
-    jax.ffi.register_ffi_target(
-        DEPTHWISE_KERNEL_GRAD, jax.ffi.pycapsule(library.DepthwiseKernelGrad), platform="cpu"
-    )
+    for target, symbol in TARGETS.items():
+        handler = jax.ffi.pycapsule(getattr(library, symbol))
+        jax.ffi.register_ffi_target(target, handler, platform="cpu")
     return True
+
+
+def on_cpu(native: Callable, portable: Callable, *args):
+    """`native(*args)` when lowering for the CPU with the kernels loaded, else `portable(*args)`.
+
+    Both must compute the same thing; `portable` is plain jnp and serves every other backend and
+    every dtype but float32 (the native kernels are float32 only).
+    """
+    if any(jnp.result_type(arg) != jnp.float32 for arg in args) or not load():
+        return portable(*args)
+    return jax.lax.platform_dependent(*args, cpu=native, default=portable)
+
+
+def _depthwise_call(
+    target: str,
+    operand: jax.Array,
+    kernel: jax.Array,
+    result_shape,
+    stride: int,
+    pad_top: int,
+    pad_left: int,
+) -> jax.Array:
+    call = jax.ffi.ffi_call(
+        target, jax.ShapeDtypeStruct(result_shape, jnp.float32), vmap_method="sequential"
+    )
+    return call(
+        operand,
+        kernel,
+        stride=np.int64(stride),
+        pad_top=np.int64(pad_top),
+        pad_left=np.int64(pad_left),
+    )
+
+
+def depthwise_conv(
+    x: jax.Array,
+    kernel: jax.Array,
+    out_hw: tuple[int, int],
+    stride: int,
+    pad_top: int,
+    pad_left: int,
+) -> jax.Array:
+    """out[n,i,j,c] = sum_{a,b} x[n, s*i + a - pad_top, s*j + b - pad_left, c] * kernel[a,b,0,c].
+
+    x: [N, H, W, C], kernel: [k, k, 1, C] -> [N, *out_hw, C], zero outside the image.
+    """
+    shape = (x.shape[0], *out_hw, x.shape[3])
+    return _depthwise_call("mobilenets_depthwise_conv", x, kernel, shape, stride, pad_top, pad_left)
+
+
+def depthwise_conv_transpose(
+    grad_out: jax.Array,
+    kernel: jax.Array,
+    in_hw: tuple[int, int],
+    stride: int,
+    pad_top: int,
+    pad_left: int,
+) -> jax.Array:
+    """The input gradient of `depthwise_conv`: [N, OH, OW, C] -> [N, *in_hw, C]."""
+    shape = (grad_out.shape[0], *in_hw, grad_out.shape[3])
+    return _depthwise_call(
+        "mobilenets_depthwise_conv_transpose", grad_out, kernel, shape, stride, pad_top, pad_left
+    )
 
 
 def depthwise_kernel_grad(
@@ -115,19 +192,42 @@ def depthwise_kernel_grad(
 ) -> jax.Array:
     """sum_{n,i,j} grad_out[n,i,j,c] * x[n, s*i + a - pad_top, s*j + b - pad_left, c].
 
-    x: [N, H, W, C] float32, grad_out: [N, OH, OW, C] float32 -> [k, k, 1, C] float32. Call only
-    after `load()` returned True, and only on the CPU backend.
+    x: [N, H, W, C], grad_out: [N, OH, OW, C] -> [k, k, 1, C], all float32. Like the functions
+    below, only for the CPU backend after `load()` returned True: use it through `on_cpu`.
     """
-    channels = x.shape[-1]
+    shape = (kernel_size, kernel_size, 1, x.shape[-1])
+    return _depthwise_call(
+        "mobilenets_depthwise_kernel_grad", x, grad_out, shape, stride, pad_top, pad_left
+    )
+
+
+def _per_channel(x: jax.Array, count: int):
+    return (jax.ShapeDtypeStruct(x.shape[-1:], jnp.float32),) * count
+
+
+def moment_sums(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(sum(x, 0), sum(x * x, 0)) of a [rows, C] float32 array, in one pass."""
+    call = jax.ffi.ffi_call("mobilenets_moment_sums", _per_channel(x, 2), vmap_method="sequential")
+    return tuple(call(x))
+
+
+def batch_norm_backward(
+    grad: jax.Array,
+    x: jax.Array,
+    mean: jax.Array,
+    inv_std: jax.Array,
+    scale: jax.Array,
+    bias: jax.Array,
+    *,
+    relu6: bool,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(dx, dscale, dbias) of `layers.batch_norm_in_training`, its formulas, in two passes.
+
+    grad, x: [rows, C]; mean, inv_std, scale, bias: [C]; all float32.
+    """
     call = jax.ffi.ffi_call(
-        DEPTHWISE_KERNEL_GRAD,
-        jax.ShapeDtypeStruct((kernel_size, kernel_size, 1, channels), jnp.float32),
+        "mobilenets_batch_norm_backward",
+        (jax.ShapeDtypeStruct(x.shape, jnp.float32), *_per_channel(x, 2)),
         vmap_method="sequential",
     )
-    return call(
-        x.astype(jnp.float32),
-        grad_out.astype(jnp.float32),
-        stride=np.int64(stride),
-        pad_top=np.int64(pad_top),
-        pad_left=np.int64(pad_left),
-    )
+    return tuple(call(grad, x, mean, inv_std, scale, bias, relu6=relu6))

@@ -150,10 +150,27 @@ def depthwise_conv_shifted(x: jax.Array, kernel: jax.Array, stride: int) -> jax.
 
     out[n, i, j, c] = sum_{a, b} x_pad[n, stride*i + a, stride*j + b, c] * kernel[a, b, 0, c].
     Each tap is a (strided) slice of the padded input times a channel vector: elementwise work that
-    XLA fuses into one loop. XLA:CPU has no fast kernel for grouped convolutions, whose backward
-    pass dominates a MobileNet train step there. The backward pass is written out in
-    `_depthwise_shifted_backward`.
+    XLA fuses into one loop (`_depthwise_taps`). XLA:CPU has no fast kernel for grouped
+    convolutions, whose backward pass dominates a MobileNet train step there. The backward pass is
+    written out in `_depthwise_shifted_backward`.
+
+    On the CPU backend (float32) the same loop runs as a native kernel
+    (`cpu_kernels.depthwise_conv`): XLA treats the taps as cheap elementwise work and fuses
+    them, recomputed, into every consumer of the output (BatchNorm's statistics, its
+    normalisation, the backward pass's ReLU6 mask), which the native call rules out.
     """
+    k = kernel.shape[0]
+    out_hw = tuple(same_padding(size, k, stride)[0] for size in x.shape[1:3])
+    (top, _), (left, _) = _spatial_padding(x.shape, k, stride)
+    return cpu_kernels.on_cpu(
+        lambda x, kernel: cpu_kernels.depthwise_conv(x, kernel, out_hw, stride, top, left),
+        lambda x, kernel: _depthwise_taps(x, kernel, stride),
+        x,
+        kernel,
+    )
+
+
+def _depthwise_taps(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
     k = kernel.shape[0]
     n, height, width, channels = x.shape
     out_h, _ = same_padding(height, k, stride)
@@ -247,27 +264,34 @@ def _depthwise_shifted_backward(stride, residuals, grad_out):
                     grad_phases[a % stride][b % stride] = grad_phases[a % stride][b % stride] + term
         return (jnp.stack(grad_kernel).reshape(kernel.shape) if kernel_grad else None), grad_phases
 
-    if cpu_kernels.load():
-        grad_kernel = jax.lax.platform_dependent(
-            x,
-            grad_out,
-            cpu=lambda x, grad_out: cpu_kernels.depthwise_kernel_grad(
-                x, grad_out, k, stride, top, left
-            ),
-            default=lambda x, grad_out: taps(kernel_grad=True, input_grad=False)[0],
-        )
-        grad_phases = None if flip_gives_input_gradient else taps(False, True)[1]
-    else:
-        grad_kernel, grad_phases = taps(True, not flip_gives_input_gradient)
-    if flip_gives_input_gradient:
-        grad_x = depthwise_conv_shifted(grad_out, kernel[::-1, ::-1], 1)
-    else:
+    grad_kernel = cpu_kernels.on_cpu(
+        lambda x, grad_out: cpu_kernels.depthwise_kernel_grad(x, grad_out, k, stride, top, left),
+        lambda x, grad_out: taps(kernel_grad=True, input_grad=False)[0],
+        x,
+        grad_out,
+    )
+
+    def portable_input_grad(grad_out, kernel):
+        if flip_gives_input_gradient:
+            return _depthwise_taps(grad_out, kernel[::-1, ::-1], 1)
+        # The phase form repeats the taps' pads, which XLA merges (CSE) with those of the
+        # portable kernel gradient.
+        grad_phases = taps(kernel_grad=False, input_grad=True)[1]
         grad_x_pad = (
             jnp.stack([jnp.stack(row) for row in grad_phases])
             .transpose(2, 3, 0, 4, 1, 5)
             .reshape(x_pad.shape)
         )
-        grad_x = grad_x_pad[:, top : top + height, left : left + width]
+        return grad_x_pad[:, top : top + height, left : left + width]
+
+    grad_x = cpu_kernels.on_cpu(
+        lambda grad_out, kernel: cpu_kernels.depthwise_conv_transpose(
+            grad_out, kernel, (height, width), stride, top, left
+        ),
+        portable_input_grad,
+        grad_out,
+        kernel.astype(jnp.float32),
+    )
     return grad_x.astype(x.dtype), grad_kernel.astype(kernel.dtype)
 
 
@@ -420,8 +444,11 @@ def _normalize(x, mean, inv_std, scale, bias, apply_relu6):
 
 def _batch_norm_forward(x, scale, bias, epsilon, apply_relu6):
     rows = x.shape[0]
-    mean = jnp.sum(x, axis=0) / rows
-    var = jnp.maximum(jnp.sum(x * x, axis=0) / rows - mean * mean, 0.0)
+    total, total_sq = cpu_kernels.on_cpu(
+        cpu_kernels.moment_sums, lambda x: (jnp.sum(x, axis=0), jnp.sum(x * x, axis=0)), x
+    )
+    mean = total / rows
+    var = jnp.maximum(total_sq / rows - mean * mean, 0.0)
     inv_std = jax.lax.rsqrt(var + epsilon)
     y = _normalize(x, mean, inv_std, scale, bias, apply_relu6)
     return (y, mean, var), (x, mean, inv_std, scale, bias)
@@ -429,19 +456,26 @@ def _batch_norm_forward(x, scale, bias, epsilon, apply_relu6):
 
 def _batch_norm_backward(epsilon, apply_relu6, residuals, cotangents):
     del epsilon  # inv_std already holds it
-    x, mean, inv_std, scale, bias = residuals
     grad = cotangents[0]  # the statistics' cotangents are ignored: see the docstring
+    return cpu_kernels.on_cpu(
+        functools.partial(cpu_kernels.batch_norm_backward, relu6=apply_relu6),
+        functools.partial(_batch_norm_backward_portable, apply_relu6),
+        grad,
+        *residuals,
+    )
+
+
+def _batch_norm_backward_portable(apply_relu6, grad, x, mean, inv_std, scale, bias):
     rows = x.shape[0]
-    centered = x - mean
+    gain = scale * inv_std
     if apply_relu6:
-        pre_activation = _normalize(x, mean, inv_std, scale, bias, apply_relu6=False)
+        pre_activation = (x - mean) * gain + bias  # as `_normalize` computes it, to the last bit
         grad = jnp.where((pre_activation > 0.0) & (pre_activation < 6.0), grad, 0.0)
     grad_bias = jnp.sum(grad, axis=0)
     # sum(grad * (x - mean)) without materialising x - mean, which XLA:CPU would write out for
     # its reduction kernel: one pass over the activations fewer.
     grad_scale = (jnp.sum(grad * x, axis=0) - mean * grad_bias) * inv_std
-    gain = scale * inv_std
-    grad_x = gain * (grad - grad_bias / rows) - centered * (gain * inv_std * grad_scale / rows)
+    grad_x = gain * (grad - grad_bias / rows) - (x - mean) * (gain * inv_std * grad_scale / rows)
     return grad_x, grad_scale, grad_bias
 
 
