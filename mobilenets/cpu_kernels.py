@@ -128,9 +128,16 @@ def on_cpu(native: Callable, portable: Callable, *args):
     """`native(*args)` when lowering for the CPU with the kernels loaded, else `portable(*args)`.
 
     Both must compute the same thing; `portable` is plain jnp and serves every other backend and
-    every dtype but float32 (the native kernels are float32 only).
+    every dtype but float32 (the native kernels are float32 only). Native kernels are used only
+    where the CPU is the one device: XLA's SPMD partitioner can not split an FFI call, so on
+    several (virtual or real) CPU devices it would gather every operand onto each of them.
     """
-    if any(jnp.result_type(arg) != jnp.float32 for arg in args) or not load():
+    if (
+        any(jnp.result_type(arg) != jnp.float32 for arg in args)
+        or jax.default_backend() != "cpu"
+        or jax.device_count() > 1
+        or not load()
+    ):
         return portable(*args)
     return jax.lax.platform_dependent(*args, cpu=native, default=portable)
 

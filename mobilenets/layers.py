@@ -213,9 +213,11 @@ def _depthwise_shifted_backward(stride, residuals, grad_out):
     derives, but autodiff reduces over strided slices and dilated pads, which XLA:CPU runs 5-10x
     slower than these unit-stride pads.
 
-    On the CPU backend the kernel gradient is instead one pass of a native kernel
-    (`cpu_kernels.depthwise_kernel_grad`, the same sum): the k * k reductions above each read
-    the activations again, 17-25% of a train step; the native pass makes the step ~15% faster.
+    On the CPU backend (float32, one device) both gradients are native kernels instead
+    (`cpu_kernels.depthwise_conv_transpose`, `cpu_kernels.depthwise_kernel_grad`: the same sums).
+    The k * k reductions above each read the activations again (17-25% of a train step); the
+    native kernel gradient is one pass. The forms above stay as the portable definition (GPU,
+    TPU, other dtypes, several devices) and as the reference the native kernels are tested against.
     """
     x, kernel = residuals
     k = kernel.shape[0]
@@ -430,9 +432,11 @@ def batch_norm_in_training(
         dx = scale / sqrt(var + epsilon) * (g - dbias / rows - xhat * dscale / rows),
 
     two per-channel reductions and one elementwise pass, recomputing the ReLU6 mask from x
-    instead of storing it. Autodiff of the same forward pass yields more reductions and passes;
-    on XLA:CPU this form makes the MobileNet train steps 3-6% faster (together with the
-    flipped-kernel depthwise input gradient; alone it is slower: benchmarks/RESULTS.md).
+    instead of storing it. Autodiff of the same forward pass yields more reductions and passes.
+    On the CPU backend (float32, one device) the statistics' two sums and the whole backward pass
+    run as native kernels (`cpu_kernels.moment_sums`, `cpu_kernels.batch_norm_backward`): one
+    pass for the sums, two for the backward, where XLA:CPU makes one pass per reduction and
+    writes the masked gradient out (benchmarks/RESULTS.md).
     """
     return _batch_norm_forward(x, scale, bias, epsilon, apply_relu6)[0]
 

@@ -39,7 +39,9 @@ def _launch(workdir, data_dir, log_dir, *extra, num_processes=2, port=None):
                 f"--config.distributed.process_id={process_id}",
             ]
         log = open(log_dir / f"process_{process_id}.log", "w")  # noqa: SIM115
-        env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+        # Two processes are two devices, which run the portable jnp formulation
+        # (cpu_kernels.on_cpu): so does the one-process reference, to compare like with like.
+        env = {**os.environ, "JAX_PLATFORMS": "cpu", "MOBILENETS_CPU_KERNELS": "0"}
         env.pop("XLA_FLAGS", None)
         processes.append(
             subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)

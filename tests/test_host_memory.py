@@ -11,7 +11,7 @@ from tests.commands import REPO, run_program
 
 GLIBC_LINUX = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
-# A small MobileNet train step whose scratch buffer (about 58 MiB) is above glibc's largest
+# A small MobileNet train step whose scratch buffer (about 63 MiB) is above glibc's largest
 # mmap threshold (32 MiB), so without the settings every step maps it afresh. The state is
 # donated, as the trainer does.
 STEP_PROGRAM = """
@@ -36,7 +36,7 @@ def step(params, rest, opt_state, images, labels):
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state
 
-images, labels = jnp.zeros((128, 32, 32, 3)), jnp.zeros(128, jnp.int32)
+images, labels = jnp.zeros((128, 48, 48, 3)), jnp.zeros(128, jnp.int32)
 state = (params, optimizer.init(params))
 jitted = jax.jit(step, donate_argnums=(0, 2))
 compiled = jitted.lower(state[0], rest, state[1], images, labels).compile()
