@@ -62,6 +62,7 @@ import mobilenets  # noqa: E402
 import train  # noqa: E402
 from configs import default  # noqa: E402
 from input_pipeline import synthetic  # noqa: E402
+from mobilenets import cpu_kernels  # noqa: E402
 from mobilenets.layers import resolve_depthwise_impl  # noqa: E402
 
 MODELS = ("mobilenet_v1", "mobilenet_v2")
@@ -312,7 +313,8 @@ def benchmark_configuration(
     row = {
         "framework": "jax",
         # What "auto" resolves to here: "shifted" on XLA:CPU, "grouped" (cuDNN) elsewhere.
-        "variant": f"nnx, {resolve_depthwise_impl(config.model.depthwise_impl)} depthwise",
+        "variant": f"nnx, {resolve_depthwise_impl(config.model.depthwise_impl)} depthwise"
+        + (", native CPU kernels" if cpu_kernels.active() else ""),
         "model": model,
         "image_size": image_size,
         "batch_size": batch_size,

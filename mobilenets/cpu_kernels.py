@@ -124,6 +124,11 @@ def load() -> bool:
     return True
 
 
+def active() -> bool:
+    """Whether `on_cpu` runs the native kernels here (for float32 arrays)."""
+    return jax.default_backend() == "cpu" and jax.device_count() == 1 and load()
+
+
 def on_cpu(native: Callable, portable: Callable, *args):
     """`native(*args)` when lowering for the CPU with the kernels loaded, else `portable(*args)`.
 
@@ -132,12 +137,7 @@ def on_cpu(native: Callable, portable: Callable, *args):
     where the CPU is the one device: XLA's SPMD partitioner can not split an FFI call, so on
     several (virtual or real) CPU devices it would gather every operand onto each of them.
     """
-    if (
-        any(jnp.result_type(arg) != jnp.float32 for arg in args)
-        or jax.default_backend() != "cpu"
-        or jax.device_count() > 1
-        or not load()
-    ):
+    if any(jnp.result_type(arg) != jnp.float32 for arg in args) or not active():
         return portable(*args)
     return jax.lax.platform_dependent(*args, cpu=native, default=portable)
 
