@@ -40,6 +40,8 @@ TARGETS = {
     "mobilenets_depthwise_conv": "DepthwiseConv",
     "mobilenets_depthwise_conv_transpose": "DepthwiseConvTranspose",
     "mobilenets_depthwise_kernel_grad": "DepthwiseKernelGrad",
+    "mobilenets_small_input_conv": "SmallInputConv",
+    "mobilenets_small_input_conv_kernel_grad": "SmallInputConvKernelGrad",
     "mobilenets_moment_sums": "MomentSums",
     "mobilenets_batch_norm_backward": "BatchNormBackward",
 }
@@ -142,7 +144,7 @@ def on_cpu(native: Callable, portable: Callable, *args):
     return jax.lax.platform_dependent(*args, cpu=native, default=portable)
 
 
-def _depthwise_call(
+def _conv_call(
     target: str,
     operand: jax.Array,
     kernel: jax.Array,
@@ -176,7 +178,7 @@ def depthwise_conv(
     x: [N, H, W, C], kernel: [k, k, 1, C] -> [N, *out_hw, C], zero outside the image.
     """
     shape = (x.shape[0], *out_hw, x.shape[3])
-    return _depthwise_call("mobilenets_depthwise_conv", x, kernel, shape, stride, pad_top, pad_left)
+    return _conv_call("mobilenets_depthwise_conv", x, kernel, shape, stride, pad_top, pad_left)
 
 
 def depthwise_conv_transpose(
@@ -189,7 +191,7 @@ def depthwise_conv_transpose(
 ) -> jax.Array:
     """The input gradient of `depthwise_conv`: [N, OH, OW, C] -> [N, *in_hw, C]."""
     shape = (grad_out.shape[0], *in_hw, grad_out.shape[3])
-    return _depthwise_call(
+    return _conv_call(
         "mobilenets_depthwise_conv_transpose", grad_out, kernel, shape, stride, pad_top, pad_left
     )
 
@@ -203,8 +205,31 @@ def depthwise_kernel_grad(
     below, only for the CPU backend after `load()` returned True: use it through `on_cpu`.
     """
     shape = (kernel_size, kernel_size, 1, x.shape[-1])
-    return _depthwise_call(
+    return _conv_call(
         "mobilenets_depthwise_kernel_grad", x, grad_out, shape, stride, pad_top, pad_left
+    )
+
+
+def small_input_conv(
+    x: jax.Array,
+    kernel: jax.Array,
+    out_hw: tuple[int, int],
+    stride: int,
+    pad_top: int,
+    pad_left: int,
+) -> jax.Array:
+    """A dense convolution for few input channels (the RGB stem): [N, H, W, Ci] x [k, k, Ci, Co]."""
+    shape = (x.shape[0], *out_hw, kernel.shape[3])
+    return _conv_call("mobilenets_small_input_conv", x, kernel, shape, stride, pad_top, pad_left)
+
+
+def small_input_conv_kernel_grad(
+    x: jax.Array, grad_out: jax.Array, kernel_size: int, stride: int, pad_top: int, pad_left: int
+) -> jax.Array:
+    """The kernel gradient of `small_input_conv`: [k, k, Ci, Co]."""
+    shape = (kernel_size, kernel_size, x.shape[3], grad_out.shape[3])
+    return _conv_call(
+        "mobilenets_small_input_conv_kernel_grad", x, grad_out, shape, stride, pad_top, pad_left
     )
 
 

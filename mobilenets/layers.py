@@ -406,14 +406,68 @@ class Conv2D(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         kernel = self.kernel[...].astype(self.dtype)
-        return jax.lax.conv_general_dilated(
-            x.astype(self.dtype),
-            kernel,
-            window_strides=(self.stride, self.stride),
-            padding=_spatial_padding(x.shape, kernel.shape[0], self.stride),
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-            preferred_element_type=jnp.float32,
-        )
+        conv = dense_conv_few_inputs if self.in_features <= 4 else dense_conv
+        return conv(x.astype(self.dtype), kernel, self.stride)
+
+
+def dense_conv(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+    """The definition: `lax.conv_general_dilated`, 'SAME' padding, NHWC x HWIO -> float32."""
+    return jax.lax.conv_general_dilated(
+        x,
+        kernel,
+        window_strides=(stride, stride),
+        padding=_spatial_padding(x.shape, kernel.shape[0], stride),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        preferred_element_type=jnp.float32,
+    )
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def dense_conv_few_inputs(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+    """`dense_conv` for an input of at most 4 channels: the stem, on RGB images.
+
+    On the CPU backend (float32, one device) the forward pass and the kernel gradient run as
+    native kernels (`cpu_kernels.small_input_conv` and its kernel gradient): with three input
+    channels XLA:CPU's convolution ran at 18 GFLOP/s, 14 ms of a 96 px step's forward pass.
+    Elsewhere this is `dense_conv` and its autodiff gradients.
+    """
+    k = kernel.shape[0]
+    out_hw = tuple(same_padding(size, k, stride)[0] for size in x.shape[1:3])
+    (top, _), (left, _) = _spatial_padding(x.shape, k, stride)
+    return cpu_kernels.on_cpu(
+        lambda x, kernel: cpu_kernels.small_input_conv(x, kernel, out_hw, stride, top, left),
+        lambda x, kernel: dense_conv(x, kernel, stride),
+        x,
+        kernel,
+    )
+
+
+def _dense_conv_few_inputs_backward(stride, residuals, grad_out):
+    x, kernel = residuals
+    # The input gradient is never native: a stem's input needs none (XLA drops this).
+    _, input_vjp = jax.vjp(lambda x: dense_conv(x, kernel, stride), x)
+    (grad_x,) = input_vjp(grad_out)
+    (top, _), (left, _) = _spatial_padding(x.shape, kernel.shape[0], stride)
+
+    def portable_kernel_grad(x, grad_out):
+        _, kernel_vjp = jax.vjp(lambda kernel: dense_conv(x, kernel, stride), kernel)
+        return kernel_vjp(grad_out)[0]
+
+    grad_kernel = cpu_kernels.on_cpu(
+        lambda x, grad_out: cpu_kernels.small_input_conv_kernel_grad(
+            x, grad_out, kernel.shape[0], stride, top, left
+        ),
+        portable_kernel_grad,
+        x,
+        grad_out,
+    )
+    return grad_x, grad_kernel.astype(kernel.dtype)
+
+
+dense_conv_few_inputs.defvjp(
+    lambda x, kernel, stride: (dense_conv_few_inputs(x, kernel, stride), (x, kernel)),
+    _dense_conv_few_inputs_backward,
+)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from mobilenets import cpu_kernels, layers
-from tests.test_layers import naive_depthwise
+from tests.test_layers import naive_dense_conv, naive_depthwise
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +114,51 @@ def test_native_and_portable_depthwise_gradients_agree_and_native_is_determinist
     xla_grads = _shifted_grads(x, kernel, cotangent, stride)
     for native_grad, xla_grad in zip(native_grads, xla_grads):
         np.testing.assert_allclose(native_grad, xla_grad, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "batch, height, width, in_channels, out_channels, stride",
+    [(3, 9, 9, 3, 32, 2), (10, 8, 7, 3, 5, 2), (2, 6, 6, 1, 8, 1), (9, 5, 4, 4, 17, 1)],
+)
+def test_small_input_conv_and_kernel_grad_equal_naive_loops(
+    native, batch, height, width, in_channels, out_channels, stride
+):
+    rng = np.random.default_rng(in_channels * out_channels + stride)
+    x = rng.normal(size=(batch, height, width, in_channels)).astype(np.float32)
+    kernel = rng.normal(size=(3, 3, in_channels, out_channels)).astype(np.float32)
+    out_h, (top, _) = layers.same_padding(height, 3, stride)
+    out_w, (left, _) = layers.same_padding(width, 3, stride)
+    conv = jax.jit(cpu_kernels.small_input_conv, static_argnums=(2, 3, 4, 5))
+    got = conv(x, kernel, (out_h, out_w), stride, top, left)
+    np.testing.assert_allclose(
+        np.asarray(got), naive_dense_conv(x, kernel, stride), rtol=1e-5, atol=1e-5
+    )
+    # dkernel[a, b, ci, co] = sum over n, i, j of x[n, s*i+a-top, s*j+b-left, ci] * g[n, i, j, co]
+    grad_out = rng.normal(size=(batch, out_h, out_w, out_channels)).astype(np.float32)
+    expected = np.zeros(kernel.shape)
+    for a, b in itertools.product(range(3), repeat=2):
+        for i, j in itertools.product(range(out_h), range(out_w)):
+            row, col = stride * i + a - top, stride * j + b - left
+            if 0 <= row < height and 0 <= col < width:
+                expected[a, b] += x[:, row, col, :].T.astype(np.float64) @ grad_out[:, i, j, :]
+    kernel_grad = jax.jit(cpu_kernels.small_input_conv_kernel_grad, static_argnums=(2, 3, 4, 5))
+    got = kernel_grad(x, grad_out, 3, stride, top, left)
+    np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-5, atol=1e-4)
+
+
+def test_stem_convolution_gradients_equal_autodiff_of_the_definition(native):
+    rng = np.random.default_rng(5)
+    x = jnp.asarray(rng.normal(size=(6, 11, 10, 3)), jnp.float32)
+    kernel = jnp.asarray(rng.normal(size=(3, 3, 3, 16)), jnp.float32)
+    cotangent = jnp.asarray(rng.normal(size=(6, 6, 5, 16)), jnp.float32)
+
+    def loss(conv):
+        return lambda x, kernel: jnp.sum(conv(x, kernel, 2) * cotangent)
+
+    native_grads = jax.jit(jax.grad(loss(layers.dense_conv_few_inputs), argnums=(0, 1)))(x, kernel)
+    reference = jax.grad(loss(layers.dense_conv), argnums=(0, 1))(x, kernel)
+    for got, expected in zip(native_grads, reference):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
 
 
 def test_moment_sums_equal_float64_sums(native):
