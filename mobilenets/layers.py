@@ -428,8 +428,9 @@ def dense_conv_few_inputs(x: jax.Array, kernel: jax.Array, stride: int) -> jax.A
 
     On the CPU backend (float32, one device) the forward pass and the kernel gradient run as
     native kernels (`cpu_kernels.small_input_conv` and its kernel gradient): with three input
-    channels XLA:CPU's convolution ran at 18 GFLOP/s, 14 ms of a 96 px step's forward pass.
-    Elsewhere this is `dense_conv` and its autodiff gradients.
+    channels XLA:CPU's convolution ran at 18 GFLOP/s (14 ms of a 96 px forward pass; native
+    5.5 ms, kernel gradient 8.5 -> 5.1 ms). Elsewhere this is `dense_conv` and its autodiff
+    gradients.
     """
     k = kernel.shape[0]
     out_hw = tuple(same_padding(size, k, stride)[0] for size in x.shape[1:3])

@@ -118,7 +118,14 @@ def test_native_and_portable_depthwise_gradients_agree_and_native_is_determinist
 
 @pytest.mark.parametrize(
     "batch, height, width, in_channels, out_channels, stride",
-    [(3, 9, 9, 3, 32, 2), (10, 8, 7, 3, 5, 2), (2, 6, 6, 1, 8, 1), (9, 5, 4, 4, 17, 1)],
+    # 32 and 16 output channels: the 16-lane register path; 5, 8, 17: the plain loops.
+    [
+        (3, 9, 9, 3, 32, 2),
+        (4, 7, 6, 2, 16, 1),
+        (10, 8, 7, 3, 5, 2),
+        (2, 6, 6, 1, 8, 1),
+        (9, 5, 4, 4, 17, 1),
+    ],
 )
 def test_small_input_conv_and_kernel_grad_equal_naive_loops(
     native, batch, height, width, in_channels, out_channels, stride
