@@ -1,13 +1,18 @@
-// CPU kernels for XLA's FFI: the depthwise-convolution kernel gradient.
+// CPU kernels for XLA's FFI (float32, NHWC), used by mobilenets/layers.py on the CPU backend:
 //
-// dkernel[a, b, c] = sum over n, i, j of
-//     grad_out[n, i, j, c] * x[n, stride * i + a - pad_top, stride * j + b - pad_left, c]
-// (zero outside the image). Written as XLA ops this is k * k separate multiply-reduce passes
-// over the activations; here it is one pass, with the k * k * C accumulators in L1/L2 cache and
-// the channel loop vectorised. The batch is cut into a fixed number of slices whose partial sums
-// are added in a fixed order, so the result does not depend on the number of threads.
+//   DepthwiseConv, DepthwiseConvTranspose, DepthwiseKernelGrad   the depthwise convolution, its
+//       input gradient and its kernel gradient;
+//   SmallInputConv, SmallInputConvKernelGrad   the stem: a dense convolution on RGB input;
+//   MomentSums, BatchNormBackward   BatchNorm's batch statistics and its (+ ReLU6) backward pass.
 //
-// Built by mobilenets/cpu_kernels.py with the host compiler; see there.
+// Why: XLA:CPU makes one pass over the activations per reduction (the depthwise kernel gradient
+// is k * k of them), and it fuses the shifted-sum depthwise convolution, recomputed, into every
+// consumer of its output. Here each is one or two passes, with accumulators in cache or in
+// registers and the channel loop vectorised. Sums over the batch are cut into a fixed number of
+// slices added in a fixed order, so no result depends on the number of threads. The jnp code in
+// layers.py defines the same functions and is what the tests compare against.
+//
+// Built on first use by mobilenets/cpu_kernels.py with the host's compiler; see there.
 
 #include <algorithm>
 #include <atomic>
@@ -24,7 +29,9 @@ namespace ffi = xla::ffi;
 
 namespace {
 
-// Adds image `n`'s contribution to `acc` [k, k, C].
+// The depthwise kernel gradient, image `n`'s part, added to `acc` [k, k, C]:
+// dkernel[a, b, c] = sum over n, i, j of
+//     grad_out[n, i, j, c] * x[n, stride * i + a - pad_top, stride * j + b - pad_left, c].
 void AccumulateImage(const float* __restrict x, const float* __restrict grad, float* __restrict acc,
                      int64_t n, int64_t height, int64_t width, int64_t channels, int64_t out_h,
                      int64_t out_w, int64_t k, int64_t stride, int64_t pad_top,
