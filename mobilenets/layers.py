@@ -122,6 +122,13 @@ def _spatial_padding(x_shape, kernel_size: int, stride: int) -> tuple[tuple[int,
     return tuple(same_padding(size, kernel_size, stride)[1] for size in x_shape[1:3])
 
 
+def _native_window(x_shape, kernel_size: int, stride: int) -> tuple[tuple[int, int], int, int]:
+    """What the native kernels take: the output (height, width) and the top and left padding."""
+    (top, _), (left, _) = _spatial_padding(x_shape, kernel_size, stride)
+    out_hw = tuple(same_padding(size, kernel_size, stride)[0] for size in x_shape[1:3])
+    return out_hw, top, left
+
+
 def relu6(x: jax.Array) -> jax.Array:
     """min(max(x, 0), 6): the ReLU of both papers, bounded for robustness in low precision."""
     return jnp.clip(x, 0.0, 6.0)
@@ -159,9 +166,7 @@ def depthwise_conv_shifted(x: jax.Array, kernel: jax.Array, stride: int) -> jax.
     them, recomputed, into every consumer of the output (BatchNorm's statistics, its
     normalisation, the backward pass's ReLU6 mask), which the native call rules out.
     """
-    k = kernel.shape[0]
-    out_hw = tuple(same_padding(size, k, stride)[0] for size in x.shape[1:3])
-    (top, _), (left, _) = _spatial_padding(x.shape, k, stride)
+    out_hw, top, left = _native_window(x.shape, kernel.shape[0], stride)
     return cpu_kernels.on_cpu(
         lambda x, kernel: cpu_kernels.depthwise_conv(x, kernel, out_hw, stride, top, left),
         lambda x, kernel: _depthwise_taps(x, kernel, stride),
@@ -432,9 +437,7 @@ def dense_conv_few_inputs(x: jax.Array, kernel: jax.Array, stride: int) -> jax.A
     5.5 ms, kernel gradient 8.5 -> 5.1 ms). Elsewhere this is `dense_conv` and its autodiff
     gradients.
     """
-    k = kernel.shape[0]
-    out_hw = tuple(same_padding(size, k, stride)[0] for size in x.shape[1:3])
-    (top, _), (left, _) = _spatial_padding(x.shape, k, stride)
+    out_hw, top, left = _native_window(x.shape, kernel.shape[0], stride)
     return cpu_kernels.on_cpu(
         lambda x, kernel: cpu_kernels.small_input_conv(x, kernel, out_hw, stride, top, left),
         lambda x, kernel: dense_conv(x, kernel, stride),
@@ -448,7 +451,7 @@ def _dense_conv_few_inputs_backward(stride, residuals, grad_out):
     # The input gradient is never native: a stem's input needs none (XLA drops this).
     _, input_vjp = jax.vjp(lambda x: dense_conv(x, kernel, stride), x)
     (grad_x,) = input_vjp(grad_out)
-    (top, _), (left, _) = _spatial_padding(x.shape, kernel.shape[0], stride)
+    _, top, left = _native_window(x.shape, kernel.shape[0], stride)
 
     def portable_kernel_grad(x, grad_out):
         _, kernel_vjp = jax.vjp(lambda kernel: dense_conv(x, kernel, stride), kernel)
