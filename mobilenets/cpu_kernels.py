@@ -116,7 +116,10 @@ def load() -> bool:
         return False
     compiler = _compiler()
     if compiler is None:
-        log.warning("no C++ compiler found: using XLA's slower depthwise kernel gradient on CPU")
+        log.warning(
+            "native CPU kernels unavailable (no C++ compiler found): using the pure-XLA "
+            "formulation, about 1.2-1.4x slower per train step"
+        )
         return False
     try:
         library = ctypes.cdll.LoadLibrary(str(_build(compiler)))
