@@ -10,6 +10,9 @@ state donated, float32, batch 64 by default, for MobileNetV1/V2 at 50 and 96 px.
 
 Prints a table and writes JSON (default benchmarks/results/cpu_train_step.json). Ratios are
 JAX time / best PyTorch time of the same model and size in this run (< 1: JAX faster).
+"shifted" runs the native CPU kernels (mobilenets/cpu_kernels.cc) where they build; set
+MOBILENETS_CPU_KERNELS=0 to time its pure-XLA form. The committed JSON predates both them and
+host_memory.py; bench_jax.py measures the trainer's own step (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
