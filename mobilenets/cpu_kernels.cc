@@ -358,21 +358,23 @@ ffi::Error SmallInputConvKernelGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F
 // Two per-channel sums over the rows of [rows, C] arrays (BatchNorm's reductions) in one pass,
 // instead of one XLA reduction per sum. `terms(row, c, sum0, sum1)` adds row `row`'s terms for
 // channel c. Blocks of 64 rows are summed in float, row by row (a contiguous stream), then
-// added to double accumulators, so the fast variance E[x^2] - E[x]^2 loses nothing to cancellation over
-// ~10^5-10^6 rows. Rows are cut into a fixed number of slices, summed in a fixed order: the
-// result does not depend on the thread count.
+// added to double accumulators, so the fast variance E[x^2] - E[x]^2 loses nothing to
+// cancellation over ~10^5-10^6 rows. Rows are cut into a fixed number of slices, summed in a
+// fixed order: the result does not depend on the thread count. All memory is allocated by the
+// caller: pool threads allocate nothing (their glibc arenas would grow and shrink per step).
 template <typename Terms>
 void ChannelSumPair(ffi::ThreadPool& pool, int64_t rows, int64_t channels, Terms terms,
                     float* out0, float* out1) {
   constexpr int64_t kRowBlock = 64;
   const int64_t slices = std::max<int64_t>(1, std::min<int64_t>(16, rows / 256));
   std::vector<double> partial(slices * 2 * channels, 0.0);
+  std::vector<float> block_sums(slices * 2 * channels);
   double* partial_data = partial.data();
+  float* block_data = block_sums.data();
   ParallelFor(pool, slices, [=](int64_t s) {
     double* acc0 = partial_data + s * 2 * channels;
     double* acc1 = acc0 + channels;
-    std::vector<float> block_sums(2 * channels);
-    float* __restrict sum0 = block_sums.data();
+    float* __restrict sum0 = block_data + s * 2 * channels;
     float* __restrict sum1 = sum0 + channels;
     const int64_t end = (s + 1) * rows / slices;
     for (int64_t first = s * rows / slices; first < end; first += kRowBlock) {
