@@ -225,7 +225,7 @@ inline Lanes LoadLanes(const float* p) {
 inline void StoreLanes(float* p, Lanes v) { std::memcpy(p, &v, sizeof v); }
 
 // A dense convolution with few input channels: the stem, RGB -> 32 channels, stride 2.
-// out[n, i, j, :] = sum_{a, b, ci} x[n, s*i + a - pad_top, s*j + b - pad_left, ci] * w[a, b, ci, :],
+// out[n, i, j, :] = sum_{a, b, ci} x[n, s*i + a - pad_top, s*j + b - pad_left, ci] * w[a, b, ci, :]
 // vectorised over the output channels. With three input channels neither XLA:CPU's YNNPACK
 // convolution (18 GFLOP/s here) nor a GEMM over 27-wide patches uses the machine well. With a
 // multiple of 16 output channels each output pixel's block of 16 accumulates in a register
@@ -355,6 +355,12 @@ ffi::Error SmallInputConvKernelGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F
   return ffi::Error::Success();
 }
 
+// Row-wise work on [rows, C] arrays is cut into this many slices: a fixed number (at most 16,
+// at least 256 rows each), so that sums do not depend on the thread count.
+inline int64_t RowSlices(int64_t rows) {
+  return std::max<int64_t>(1, std::min<int64_t>(16, rows / 256));
+}
+
 // Two per-channel sums over the rows of [rows, C] arrays (BatchNorm's reductions) in one pass,
 // instead of one XLA reduction per sum. `terms(row, c, sum0, sum1)` adds row `row`'s terms for
 // channel c. Blocks of 64 rows are summed in float, row by row (a contiguous stream), then
@@ -366,7 +372,7 @@ template <typename Terms>
 void ChannelSumPair(ffi::ThreadPool& pool, int64_t rows, int64_t channels, Terms terms,
                     float* out0, float* out1) {
   constexpr int64_t kRowBlock = 64;
-  const int64_t slices = std::max<int64_t>(1, std::min<int64_t>(16, rows / 256));
+  const int64_t slices = RowSlices(rows);
   std::vector<double> partial(slices * 2 * channels, 0.0);
   std::vector<float> block_sums(slices * 2 * channels);
   double* partial_data = partial.data();
@@ -486,7 +492,7 @@ ffi::Error BatchNormBackwardPasses(ffi::ThreadPool& pool, ffi::Buffer<ffi::F32>&
     mean_grad[c] = sum_grad[c] / static_cast<float>(rows);
   }
   float* dx = grad_x->typed_data();
-  const int64_t slices = std::max<int64_t>(1, std::min<int64_t>(16, rows / 256));
+  const int64_t slices = RowSlices(rows);
   ParallelFor(pool, slices, [=](int64_t s) {
     for (int64_t row = s * rows / slices; row < (s + 1) * rows / slices; ++row) {
       const float* __restrict g_row = g_data + row * channels;
@@ -508,10 +514,10 @@ ffi::Error BatchNormBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> gra
                                  ffi::Buffer<ffi::F32> bias, ffi::ResultBuffer<ffi::F32> grad_x,
                                  ffi::ResultBuffer<ffi::F32> grad_scale,
                                  ffi::ResultBuffer<ffi::F32> grad_bias, bool relu6) {
-  return relu6 ? BatchNormBackwardPasses<true>(pool, grad_out, x, mean, inv_std, scale, bias, grad_x,
-                                         grad_scale, grad_bias)
-               : BatchNormBackwardPasses<false>(pool, grad_out, x, mean, inv_std, scale, bias, grad_x,
-                                          grad_scale, grad_bias);
+  return relu6 ? BatchNormBackwardPasses<true>(pool, grad_out, x, mean, inv_std, scale, bias,
+                                                grad_x, grad_scale, grad_bias)
+               : BatchNormBackwardPasses<false>(pool, grad_out, x, mean, inv_std, scale, bias,
+                                                 grad_x, grad_scale, grad_bias);
 }
 
 }  // namespace

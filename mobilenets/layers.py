@@ -124,9 +124,10 @@ def _spatial_padding(x_shape, kernel_size: int, stride: int) -> tuple[tuple[int,
 
 def _native_window(x_shape, kernel_size: int, stride: int) -> tuple[tuple[int, int], int, int]:
     """What the native kernels take: the output (height, width) and the top and left padding."""
-    (top, _), (left, _) = _spatial_padding(x_shape, kernel_size, stride)
-    out_hw = tuple(same_padding(size, kernel_size, stride)[0] for size in x_shape[1:3])
-    return out_hw, top, left
+    (out_h, (top, _)), (out_w, (left, _)) = (
+        same_padding(size, kernel_size, stride) for size in x_shape[1:3]
+    )
+    return (out_h, out_w), top, left
 
 
 def relu6(x: jax.Array) -> jax.Array:
