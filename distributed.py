@@ -12,7 +12,7 @@ import jax
 import ml_collections
 from absl import logging
 
-import host_memory
+from mobilenets.cpu import host_memory
 
 
 def start(config: ml_collections.ConfigDict) -> bool:

@@ -80,7 +80,7 @@ def create_model(config: ml_collections.ConfigDict, *, seed: int, **overrides) -
         dropout_rate=model_config.dropout_rate,
         bn_momentum=model_config.bn_momentum,
         bn_epsilon=model_config.bn_epsilon,
-        depthwise_impl=model_config.depthwise_impl,
+        implementation=model_config.implementation,
         dtype=compute_dtype(config),
         rngs=nnx.Rngs(params=seed, dropout=seed + 1),
     )
@@ -195,18 +195,20 @@ def cross_entropy_loss(
     return jnp.sum(per_example * weights) / jnp.maximum(jnp.sum(mask), 1)
 
 
-def train_step(
+def loss_and_gradients(
     state: TrainState,
     batch: Mapping[str, jax.Array],
     *,
     graphdef: nnx.GraphDef,
-    tx: optax.GradientTransformation,
     preprocess_config: ml_collections.ConfigDict,
     label_smoothing: float,
     weights_per_class: jax.Array,
     augment_seed: int,
-) -> TrainState:
-    """One Adam update on one global batch. Pure: (state, batch) -> state."""
+):
+    """The training loss of one global batch and its gradients with respect to the parameters.
+
+    Returns (loss, grads, (logits, new batch_stats, new rng_streams)). Pure: nothing is updated.
+    """
     augment_rng = jax.random.fold_in(jax.random.key(augment_seed), state.step)
     images = input_pipeline.preprocess(
         batch["image"], preprocess_config, train=True, rng=augment_rng
@@ -228,8 +230,25 @@ def train_step(
         _, _, new_batch_stats, new_rng_streams = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
         return loss, (logits, new_batch_stats, new_rng_streams)
 
-    (loss, (logits, batch_stats, rng_streams)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params, state.batch_stats, state.rng_streams
+    )
+    return loss, grads, aux
+
+
+def train_step(
+    state: TrainState,
+    batch: Mapping[str, jax.Array],
+    *,
+    tx: optax.GradientTransformation,
+    **loss_options,
+) -> TrainState:
+    """One Adam update on one global batch. Pure: (state, batch) -> state.
+
+    `loss_options` are those of `loss_and_gradients`.
+    """
+    loss, grads, (logits, batch_stats, rng_streams) = loss_and_gradients(
+        state, batch, **loss_options
     )
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)

@@ -56,14 +56,12 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 from bench_data import InMemorySplit, synthetic_split  # noqa: E402
 
-import host_memory  # noqa: E402
 import input_pipeline  # noqa: E402
 import mobilenets  # noqa: E402
 import train  # noqa: E402
 from configs import default  # noqa: E402
 from input_pipeline import synthetic  # noqa: E402
-from mobilenets import cpu_kernels  # noqa: E402
-from mobilenets.layers import resolve_depthwise_impl  # noqa: E402
+from mobilenets.cpu import host_memory, kernels  # noqa: E402
 
 MODELS = ("mobilenet_v1", "mobilenet_v2")
 # The grid. GPU: bfloat16, batch 256 at 224 px and 1024 below; CPU: float32, batch 64.
@@ -83,7 +81,7 @@ def make_config(
     config = default.get_config()
     config.model.name = model
     config.model.alpha = args.alpha
-    config.model.depthwise_impl = args.depthwise_impl
+    config.model.implementation = args.implementation
     config.preprocess.image_size = image_size
     config.global_batch_size = batch_size
     config.eval_batch_size = batch_size
@@ -313,8 +311,8 @@ def benchmark_configuration(
     row = {
         "framework": "jax",
         # What "auto" resolves to here: "shifted" on XLA:CPU, "grouped" (cuDNN) elsewhere.
-        "variant": f"nnx, {resolve_depthwise_impl(config.model.depthwise_impl)} depthwise"
-        + (", native CPU kernels" if cpu_kernels.active() else ""),
+        "variant": f"nnx, {mobilenets.resolve_implementation(config.model.implementation)} path"
+        + (", native CPU kernels" if kernels.active() else ""),
         "model": model,
         "image_size": image_size,
         "batch_size": batch_size,
@@ -441,7 +439,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--dtype", default="auto", help="compute dtype; 'auto': bfloat16 on GPU, float32 on CPU"
     )
     parser.add_argument("--alpha", type=float, default=1.0, help="width multiplier")
-    parser.add_argument("--depthwise_impl", default="auto", choices=mobilenets.DEPTHWISE_IMPLS)
+    parser.add_argument(
+        "--implementation", default="auto", choices=mobilenets.IMPLEMENTATION_CHOICES
+    )
     parser.add_argument("--steps", type=int, default=5 if on_cpu else 30, help="timed steps")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--window", type=int, default=1 if on_cpu else 5, help="steps per window")

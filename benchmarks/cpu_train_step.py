@@ -1,4 +1,4 @@
-"""CPU train-step benchmark: JAX (each depthwise formulation) against PyTorch, same machine and run.
+"""CPU train-step benchmark: JAX (each implementation) against PyTorch, same machine and run.
 
 One train step = forward + backward + Adam update (+ BatchNorm running statistics), jitted with the
 state donated, float32, batch 64 by default, for MobileNetV1/V2 at 50 and 96 px. PyTorch (optional,
@@ -10,9 +10,9 @@ state donated, float32, batch 64 by default, for MobileNetV1/V2 at 50 and 96 px.
 
 Prints a table and writes JSON (default benchmarks/results/cpu_train_step.json). Ratios are
 JAX time / best PyTorch time of the same model and size in this run (< 1: JAX faster).
-"shifted" runs the native CPU kernels (mobilenets/cpu_kernels.cc) where they build; set
-MOBILENETS_CPU_KERNELS=0 to time its pure-XLA form. The committed JSON predates both them and
-host_memory.py; bench_jax.py measures the trainer's own step (benchmarks/RESULTS.md).
+"cpu" is the CPU path (mobilenets/cpu: native kernels where they build; MOBILENETS_CPU_KERNELS=0
+times its pure-XLA form), "reference" the definitions alone. This script does not apply
+mobilenets/cpu/host_memory.py; bench_jax.py measures the trainer's own step (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def make_jax_train_step(graphdef, optimizer):
 
 def time_jax(name, size, batch, impl, repeats):
     model = mobilenets.create(
-        name, num_classes=NUM_CLASSES, depthwise_impl=impl, rngs=nnx.Rngs(0, dropout=1)
+        name, num_classes=NUM_CLASSES, implementation=impl, rngs=nnx.Rngs(0, dropout=1)
     )
     model.train()
     graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
@@ -117,7 +117,7 @@ def main(argv=None):
     parser.add_argument("--sizes", nargs="+", type=int, default=[50, 96])
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--impls", nargs="+", default=["shifted", "grouped"])
+    parser.add_argument("--impls", nargs="+", default=["cpu", "reference"])
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--out", default=str(REPO_ROOT / "benchmarks/results/cpu_train_step.json"))
     args = parser.parse_args(argv)

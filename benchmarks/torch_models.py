@@ -1,51 +1,53 @@
-"""PyTorch MobileNetV1 / MobileNetV2, layer for layer as timm's `mobilenetv1_100` and torchvision's
-`mobilenet_v2`, for the CPU speed comparison in `cpu_train_step.py` only.
+"""PyTorch MobileNetV1 / MobileNetV2 mirroring the Flax networks layer for layer, for the CPU
+speed comparison in `cpu_train_step.py` only (timm's `mobilenetv1_100` and torchvision's
+`mobilenet_v2` layouts).
 
-Written out here instead of imported so the benchmark needs nothing but `torch`, and so both nets
-match the JAX ones exactly: the same channel counts (the tables are imported from `mobilenets`),
-conv + BatchNorm + ReLU6, no conv bias, the linear bottleneck and shortcut of V2, global average
-pooling and a dense classifier. Padding is PyTorch's symmetric (1, 1), which changes no cost.
+Written out here instead of imported so the benchmark needs nothing but `torch`, and read off
+the Flax network itself (an abstract instance: shapes only), so both match exactly: the same
+channel counts, conv + BatchNorm + ReLU6, no conv bias, the linear bottleneck and shortcut of V2,
+global average pooling and a dense classifier. Padding is PyTorch's symmetric (1, 1), which
+changes no cost.
 """
 
 from __future__ import annotations
 
-import torch
+import functools
+
+from flax import nnx
 from torch import nn
 
-from mobilenets import mobilenet_v1, mobilenet_v2
-from mobilenets.layers import ConvSpec
+import mobilenets
 
 
-def conv_bn(spec: ConvSpec) -> nn.Sequential:
+def conv_bn(unit: mobilenets.ConvBN) -> nn.Sequential:
     """Conv (no bias) + BatchNorm (+ ReLU6) as torchvision's `Conv2dNormActivation`."""
-    groups = spec.in_features if spec.kind == "depthwise" else 1
+    kernel_size = unit.conv.kernel_size[0]
     layers = [
         nn.Conv2d(
-            spec.in_features,
-            spec.out_features,
-            spec.kernel_size,
-            stride=spec.stride,
-            padding=spec.kernel_size // 2,
-            groups=groups,
+            unit.in_features,
+            unit.out_features,
+            kernel_size,
+            stride=unit.stride,
+            padding=kernel_size // 2,
+            groups=unit.conv.feature_group_count,
             bias=False,
         ),
-        nn.BatchNorm2d(spec.out_features),
+        nn.BatchNorm2d(unit.out_features),
     ]
-    if spec.activation:
+    if unit.activation:
         layers.append(nn.ReLU6(inplace=True))
     return nn.Sequential(*layers)
 
 
-class InvertedResidual(nn.Module):
-    def __init__(self, in_features: int, out_features: int, stride: int, expansion: int):
-        super().__init__()
-        specs = mobilenet_v2.InvertedResidual.conv_specs(
-            in_features, out_features, stride, expansion
-        )
-        self.conv = nn.Sequential(*[conv_bn(spec) for spec in specs])
-        self.use_shortcut = stride == 1 and in_features == out_features
+class Block(nn.Module):
+    """A block's units in order, plus MobileNetV2's shortcut where the block has one."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def __init__(self, block: nnx.Module):
+        super().__init__()
+        self.conv = nn.Sequential(*[conv_bn(unit) for unit in block.units()])
+        self.use_shortcut = getattr(block, "use_shortcut", False)
+
+    def forward(self, x):
         return x + self.conv(x) if self.use_shortcut else self.conv(x)
 
 
@@ -55,29 +57,28 @@ class Classifier(nn.Module):
         self.dropout = nn.Dropout(dropout_rate)
         self.linear = nn.Linear(in_features, num_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x):
         return self.linear(self.dropout(x.mean(dim=(2, 3))))
 
 
-def mobilenet_v1_torch(num_classes: int = 2, alpha: float = 1.0) -> nn.Module:
-    """timm `mobilenetv1_100` layout (ReLU6 as in the paper and Keras)."""
-    specs, features = mobilenet_v1.conv_specs(alpha)
+def torch_mobilenet(name: str, num_classes: int = 2, alpha: float = 1.0) -> nn.Module:
+    """The PyTorch twin of `mobilenets.create(name, num_classes=..., alpha=...)`."""
+    model = nnx.eval_shape(
+        lambda: mobilenets.create(
+            name,
+            num_classes=num_classes,
+            alpha=alpha,
+            implementation="reference",
+            rngs=nnx.Rngs(0),
+        )
+    )
+    last = [conv_bn(model.last_conv)] if model.last_conv is not None else []
     return nn.Sequential(
-        *[conv_bn(spec) for spec in specs],
-        Classifier(features, num_classes, mobilenet_v1.DEFAULT_DROPOUT_RATE),
+        conv_bn(model.stem),
+        *[Block(block) for block in model.blocks],
+        *last,
+        Classifier(model.head.classifier.in_features, num_classes, model.head.dropout.rate),
     )
 
 
-def mobilenet_v2_torch(num_classes: int = 2, alpha: float = 1.0) -> nn.Module:
-    """torchvision `mobilenet_v2` layout."""
-    return nn.Sequential(
-        conv_bn(mobilenet_v2.stem_spec(alpha)),
-        *[InvertedResidual(*config) for config in mobilenet_v2.block_configs(alpha)],
-        conv_bn(mobilenet_v2.last_spec(alpha)),
-        Classifier(
-            mobilenet_v2.last_channels(alpha), num_classes, mobilenet_v2.DEFAULT_DROPOUT_RATE
-        ),
-    )
-
-
-TORCH_MODELS = {"mobilenet_v1": mobilenet_v1_torch, "mobilenet_v2": mobilenet_v2_torch}
+TORCH_MODELS = {name: functools.partial(torch_mobilenet, name) for name in mobilenets.ARCHITECTURES}

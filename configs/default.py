@@ -34,7 +34,9 @@ def get_config() -> ml_collections.ConfigDict:
             dropout_rate=config_dict.placeholder(float),
             bn_momentum=config_dict.placeholder(float),
             bn_epsilon=config_dict.placeholder(float),
-            depthwise_impl="auto",  # "auto" | "grouped" | "shifted"
+            # "auto": the CPU path (mobilenets/cpu) on the CPU backend, the reference elsewhere;
+            # "reference" | "cpu" force one. Both compute the same network.
+            implementation="auto",
         )
     )
 

@@ -1,45 +1,91 @@
-"""Flax NNX MobileNetV1 and MobileNetV2, layer for layer as the Keras applications.
+"""MobileNetV1 and MobileNetV2 in Flax NNX, layer for layer as the Keras applications.
 
-import mobilenets
-model = mobilenets.create("mobilenet_v2", num_classes=2, alpha=1.0, rngs=nnx.Rngs(0))
-logits = model(images)  # NHWC float images, any size >= 32 -> float32 [batch, num_classes]
-mobilenets.profile("mobilenet_v2", alpha=1.0, image_size=224, num_classes=1000)
+    import mobilenets
+    model = mobilenets.create("mobilenet_v2", num_classes=2, alpha=1.0, rngs=nnx.Rngs(0))
+    logits = model(images)  # NHWC float images, any size >= 32 -> [batch, num_classes]
+    mobilenets.profile("mobilenet_v2", alpha=1.0, image_size=224, num_classes=1000)
+
+The package, in reading order:
+  layers.py        make_divisible, ConvBN (conv + BatchNorm + ReLU6), the head, a network
+                   read from its architecture table
+  mobilenet_v1.py  the depthwise-separable block and Table 1
+  mobilenet_v2.py  the inverted residual with its linear bottleneck and Table 2
+  profile.py       parameters, statistics and multiply-adds of a built network
+  cpu/             the same computation, faster on CPUs (custom gradients, native kernels);
+                   registered here as implementation "cpu", never imported by the definitions
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
+import jax
 from flax import nnx
 
-from mobilenets.layers import DEPTHWISE_IMPLS, DepthwiseConv, make_divisible
+from mobilenets import cpu as _cpu  # noqa: F401  (registers the "cpu" implementation)
+from mobilenets.layers import IMPLEMENTATIONS, ConvBN, MobileNet, make_divisible
 from mobilenets.mobilenet_v1 import MobileNetV1
 from mobilenets.mobilenet_v2 import MobileNetV2
-from mobilenets.profile import Profile, profile
+from mobilenets.profile import Profile, profile_model
 
-ARCHITECTURES: dict[str, type[nnx.Module]] = {
+ARCHITECTURES: dict[str, Callable[..., MobileNet]] = {
     "mobilenet_v1": MobileNetV1,
     "mobilenet_v2": MobileNetV2,
 }
+IMPLEMENTATION_CHOICES = ("auto", "reference", *IMPLEMENTATIONS)
 
 
-def create(name: str, **kwargs) -> nnx.Module:
-    """Builds the model registered as `name` ("mobilenet_v1" or "mobilenet_v2").
+def resolve_implementation(implementation: str) -> str:
+    """ "auto": the CPU path on the CPU backend, the reference elsewhere (cuDNN, TPU)."""
+    if implementation not in IMPLEMENTATION_CHOICES:
+        raise ValueError(
+            f"implementation must be one of {IMPLEMENTATION_CHOICES}, not {implementation!r}"
+        )
+    if implementation == "auto":
+        return "cpu" if jax.default_backend() == "cpu" else "reference"
+    return implementation
 
-    `kwargs` are those of the model classes: num_classes, alpha, dropout_rate, dtype,
-    depthwise_impl, bn_momentum, bn_epsilon and (required) rngs.
+
+def create(name: str, *, implementation: str = "auto", **kwargs) -> MobileNet:
+    """Builds the network registered as `name` ("mobilenet_v1" or "mobilenet_v2").
+
+    `kwargs` are those of `layers.MobileNet`: num_classes, alpha, dropout_rate, bn_momentum,
+    bn_epsilon, dtype, param_dtype and (required) rngs.
     """
     if name not in ARCHITECTURES:
         raise ValueError(f"unknown model {name!r}; choose from {sorted(ARCHITECTURES)}")
-    return ARCHITECTURES[name](**kwargs)
+    return ARCHITECTURES[name](implementation=resolve_implementation(implementation), **kwargs)
+
+
+@functools.lru_cache(maxsize=64)
+def profile(
+    name: str, *, alpha: float = 1.0, image_size: int = 224, num_classes: int = 1000
+) -> Profile:
+    """Parameters, BatchNorm statistics and multiply-adds of `name` at `alpha`, `image_size`."""
+    model = nnx.eval_shape(
+        lambda: create(
+            name,
+            alpha=alpha,
+            num_classes=num_classes,
+            implementation="reference",
+            rngs=nnx.Rngs(0),
+        )
+    )
+    return profile_model(model, image_size)
 
 
 __all__ = [
     "ARCHITECTURES",
-    "DEPTHWISE_IMPLS",
-    "DepthwiseConv",
+    "IMPLEMENTATION_CHOICES",
+    "ConvBN",
+    "MobileNet",
     "MobileNetV1",
     "MobileNetV2",
     "Profile",
     "create",
     "make_divisible",
     "profile",
+    "profile_model",
+    "resolve_implementation",
 ]

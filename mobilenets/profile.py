@@ -1,11 +1,10 @@
-"""Analytic size and cost of a MobileNet: parameters, BatchNorm statistics, multiply-adds.
+"""Size and cost of a network: parameters, BatchNorm statistics, multiply-adds.
 
-Counted from the same `ConvSpec` lists the modules are built from (`mobilenet_v1.conv_specs`,
-`mobilenet_v2.conv_specs`), so the numbers describe exactly the network that `create` builds.
-Multiply-adds follow the papers' convention: convolutions and the classifier, one per weight per
-output pixel; BatchNorm, activations, pooling and biases are not counted. At 224x224 with 1000
-classes this gives 568,740,352 for MobileNetV1 1.0 (the paper's "569M") and 300,774,272 for
-MobileNetV2 1.0 (the paper's "300M").
+Counted on the network `create` builds, instantiated abstractly (`nnx.eval_shape`: shapes only,
+nothing allocated or computed). Multiply-adds follow the papers' convention: convolutions and the
+classifier, one per weight per output pixel; BatchNorm, activations, pooling and biases are not
+counted. At 224x224 with 1000 classes this gives 568,740,352 for MobileNetV1 1.0 (the paper's
+"569M") and 300,774,272 for MobileNetV2 1.0 (the paper's "300M").
 """
 
 from __future__ import annotations
@@ -13,14 +12,10 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from mobilenets import mobilenet_v1, mobilenet_v2
-from mobilenets.layers import ConvSpec, same_padding
+import jax
+from flax import nnx
 
-# Name -> function returning (conv specs in order, channels fed to the classifier).
-_CONV_SPECS = {
-    "mobilenet_v1": mobilenet_v1.conv_specs,
-    "mobilenet_v2": mobilenet_v2.conv_specs,
-}
+from mobilenets.layers import same_padding
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,26 +29,27 @@ class Profile:
     feature_size: int
 
 
-def _conv_weights(spec: ConvSpec) -> int:
-    return math.prod(spec.kernel_shape)
+def count(model: nnx.Module, kind: type[nnx.Variable]) -> int:
+    """How many numbers of the variable kind (nnx.Param, nnx.BatchStat) the model holds."""
+    return sum(x.size for x in jax.tree.leaves(nnx.state(model, kind)))
 
 
-def profile(
-    name: str, *, alpha: float = 1.0, image_size: int = 224, num_classes: int = 1000
-) -> Profile:
-    """Counts of the network `name` at width `alpha` for square `image_size` inputs."""
-    if name not in _CONV_SPECS:
-        raise ValueError(f"unknown model {name!r}; choose from {sorted(_CONV_SPECS)}")
-    specs, feature_channels = _CONV_SPECS[name](alpha)
-    size = image_size
-    params = batch_stats = macs = 0
-    for spec in specs:
-        size, _ = same_padding(size, spec.kernel_size, spec.stride)
-        weights = _conv_weights(spec)
-        params += weights + 2 * spec.out_features  # kernel, BatchNorm scale and bias
-        batch_stats += 2 * spec.out_features  # BatchNorm running mean and variance
-        macs += weights * size * size
-    classifier = feature_channels * num_classes
-    params += classifier + num_classes
-    macs += classifier
-    return Profile(params=params, batch_stats=batch_stats, macs=macs, feature_size=size)
+def profile_model(model: nnx.Module, image_size: int) -> Profile:
+    """The counts of a (possibly abstract) model for square `image_size` inputs.
+
+    The model lists its convolution units in the order they run (`units()`); each one's output
+    side follows from its stride ('SAME' padding), and each weight of its kernel is one
+    multiply-add per output pixel.
+    """
+    size, macs = image_size, 0
+    for unit in model.units():
+        kernel = unit.conv.kernel
+        size, _ = same_padding(size, kernel.shape[0], unit.stride)
+        macs += math.prod(kernel.shape) * size * size
+    macs += math.prod(model.head.classifier.kernel.shape)
+    return Profile(
+        params=count(model, nnx.Param),
+        batch_stats=count(model, nnx.BatchStat),
+        macs=macs,
+        feature_size=size,
+    )

@@ -25,7 +25,7 @@ sys.path.insert(0, str(BENCH))
 import bench_data  # noqa: E402
 import compare  # noqa: E402
 
-from mobilenets import cpu_kernels  # noqa: E402
+from mobilenets.cpu import kernels as cpu_kernels  # noqa: E402
 
 TINY = (
     "--models", "mobilenet_v1", "--alpha", "0.25", "--steps", "2", "--warmup", "1",
@@ -116,7 +116,7 @@ def test_bench_jax_writes_the_shared_format(jax_results):
     assert row["alpha"] == 0.25
     # What "auto" resolves to on a CPU, and whether the native kernels could be built here.
     native = ", native CPU kernels" if cpu_kernels.load() else ""
-    assert row["variant"] == "nnx, shifted depthwise" + native
+    assert row["variant"] == "nnx, cpu path" + native
     assert row["compile_s"] == pytest.approx(
         row["lower_s"] + row["compile_train_s"] + row["compile_eval_s"]
     )

@@ -6,7 +6,7 @@ import resource
 
 import pytest
 
-import host_memory
+from mobilenets.cpu import host_memory
 from tests.commands import REPO, run_program
 
 GLIBC_LINUX = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
@@ -17,7 +17,7 @@ GLIBC_LINUX = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 STEP_PROGRAM = """
 import json, resource, sys
 sys.path.insert(0, {repo!r})
-import host_memory
+from mobilenets.cpu import host_memory
 applied = host_memory.keep_scratch_memory_mapped() if sys.argv[1] == "on" else False
 import jax, jax.numpy as jnp, optax
 from flax import nnx

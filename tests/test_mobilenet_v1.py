@@ -40,7 +40,7 @@ def test_layer_widths_follow_table_1_with_truncation():
     strides = [block.depthwise.stride for block in model.blocks]
     assert strides == [1, 2, 1, 2, 1, 2, 1, 1, 1, 1, 1, 2, 1]
     # Keras truncates: int(64 * 0.3) = 19 (V2 would round to a multiple of 8).
-    assert mobilenet_v1.channels(64, 0.3) == 19
+    assert mobilenet_v1.ARCHITECTURE.width(64 * 0.3) == 19
 
 
 @pytest.mark.parametrize("size, final", [(224, 7), (192, 6), (160, 5), (128, 4), (50, 2), (32, 1)])
@@ -54,9 +54,7 @@ def test_final_feature_map_size(size, final):
 
 
 def test_separable_block_is_depthwise_then_pointwise_each_with_relu6():
-    block = DepthwiseSeparable(
-        4, 8, 2, bn_momentum=0.99, bn_epsilon=1e-3, depthwise_impl="auto", rngs=nnx.Rngs(0)
-    )
+    block = DepthwiseSeparable(4, 8, 2, bn_momentum=0.99, bn_epsilon=1e-3, rngs=nnx.Rngs(0))
     assert block.depthwise.kind == "depthwise" and block.depthwise.stride == 2
     assert block.pointwise.kind == "pointwise"
     assert block.depthwise.activation and block.pointwise.activation
@@ -68,7 +66,9 @@ def test_separable_block_is_depthwise_then_pointwise_each_with_relu6():
     assert y.min() == 0.0 and y.max() <= 6.0  # ReLU6 after the pointwise convolution
 
 
-def test_conv_specs_describe_the_built_model():
-    specs, features = mobilenet_v1.conv_specs(1.0)
-    assert len(specs) == 1 + 2 * 13 and features == 1024
-    assert [s.kind for s in specs[:3]] == ["dense", "depthwise", "pointwise"]
+def test_units_list_the_built_model_in_order():
+    model = _abstract(alpha=1.0)
+    units = model.units()
+    assert len(units) == 1 + 2 * 13 and model.architecture.feature_channels(1.0) == 1024
+    assert [u.kind for u in units[:3]] == ["dense", "depthwise", "pointwise"]
+    assert units[-1].out_features == model.head.classifier.in_features == 1024

@@ -10,7 +10,7 @@ import mobilenets
 from mobilenets import mobilenet_v2
 from mobilenets.mobilenet_v2 import InvertedResidual, MobileNetV2
 
-LAYER_OPTIONS = dict(bn_momentum=0.999, bn_epsilon=1e-3, depthwise_impl="auto")
+LAYER_OPTIONS = dict(bn_momentum=0.999, bn_epsilon=1e-3)
 
 
 def _abstract(**kwargs):
@@ -72,7 +72,9 @@ def test_shortcut_exactly_where_stride_1_and_equal_channels():
         14,
         15,
     ]
-    for (in_f, out_f, stride, _), block in zip(mobilenet_v2.block_configs(1.0), model.blocks):
+    for (in_f, out_f, stride, _), block in zip(
+        mobilenet_v2.ARCHITECTURE.block_configs(1.0), model.blocks
+    ):
         assert block.use_shortcut == (stride == 1 and in_f == out_f)
 
 

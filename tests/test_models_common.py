@@ -27,12 +27,12 @@ def _images(size=SIZE, batch=BATCH, seed=0):
 def trained_once(request):
     """One jitted loss-and-gradient evaluation of a small model in train mode (one compile).
 
-    The grouped depthwise form compiles about twice as fast on CPU as the shifted one; that the two
-    give the same values and gradients is tested layer by layer in test_layers.py.
+    The reference compiles faster on CPU than the CPU path; that the two give the same values and
+    gradients is tested in test_cpu_path.py.
     """
     name = request.param
     model = mobilenets.create(
-        name, alpha=0.25, depthwise_impl="grouped", rngs=nnx.Rngs(0, dropout=1)
+        name, alpha=0.25, implementation="reference", rngs=nnx.Rngs(0, dropout=1)
     )
     model.train()
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
@@ -110,7 +110,8 @@ def test_bfloat16_forward_close_to_float32(name):
 def test_create_registry():
     assert set(mobilenets.ARCHITECTURES) == set(MODELS)
     model = nnx.eval_shape(lambda: mobilenets.create("mobilenet_v2", rngs=nnx.Rngs(0)))
-    assert isinstance(model, mobilenets.MobileNetV2)
+    assert isinstance(model, mobilenets.MobileNet)
+    assert model.architecture is mobilenets.mobilenet_v2.ARCHITECTURE
     assert model.head.classifier.out_features == 2  # num_classes default
     assert model.head.dropout.rate == 0.0 and model.stem.norm.momentum == 0.999
     v1 = nnx.eval_shape(lambda: mobilenets.create("mobilenet_v1", rngs=nnx.Rngs(0)))
@@ -123,12 +124,13 @@ def test_create_registry():
 def traced_macs(name: str, image_size: int, num_classes: int, alpha: float = 1.0) -> int:
     """Multiply-adds of every convolution and matrix product in the traced forward pass.
 
-    Reads the jaxpr of the real model (grouped depthwise, so every depthwise layer is a
-    `conv_general_dilated`), not the tables, so it checks `mobilenets.profile` independently.
+    Reads the jaxpr of the real model (the reference, so every convolution is a
+    `conv_general_dilated`), not its modules, so it checks `mobilenets.profile` independently.
     """
     model = nnx.eval_shape(
         lambda: mobilenets.create(
-            name, alpha=alpha, num_classes=num_classes, depthwise_impl="grouped", rngs=nnx.Rngs(0)
+            name, alpha=alpha, num_classes=num_classes, implementation="reference",
+            rngs=nnx.Rngs(0),
         )
     )
     model.eval()

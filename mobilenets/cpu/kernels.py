@@ -4,7 +4,7 @@ XLA:CPU runs every reduction as its own pass over the activations: a depthwise c
 *kernel* gradient is k * k such multiply-reduce passes (one per tap), 17-25% of a MobileNet train
 step on a 2-core CPU; BatchNorm's statistics and gradient sums are two more each, and its
 backward pass writes the ReLU6-masked gradient out for them. And XLA fuses the depthwise
-convolution's nine shifted taps, recomputed, into every consumer of its output. `cpu_kernels.cc`
+convolution's nine shifted taps, recomputed, into every consumer of its output. `kernels.cc`
 has the depthwise convolution with both gradients, BatchNorm's statistics and backward pass, and
 the RGB stem convolution, each in one or two passes (benchmarks/RESULTS.md has the per-kernel
 and per-step figures: the train step is 1.2-1.4x faster than the same model in pure XLA).
@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-SOURCE = Path(__file__).with_name("cpu_kernels.cc")
+SOURCE = Path(__file__).with_name("kernels.cc")
 # name of the XLA FFI target -> symbol of its handler in the library
 TARGETS = {
     "mobilenets_depthwise_conv": "DepthwiseConv",
