@@ -34,7 +34,7 @@ def conv_bn(unit: mobilenets.ConvBN) -> nn.Sequential:
         ),
         nn.BatchNorm2d(unit.out_features),
     ]
-    if unit.activation:
+    if unit.activation == "relu6":
         layers.append(nn.ReLU6(inplace=True))
     return nn.Sequential(*layers)
 

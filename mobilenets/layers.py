@@ -84,6 +84,10 @@ def relu6(x: jax.Array) -> jax.Array:
     return jnp.clip(x, 0.0, 6.0)
 
 
+# The activations a ConvBN can end in, by name; None leaves it linear.
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {"relu6": relu6, "relu": jax.nn.relu}
+
+
 def accumulation_dtype(dtype) -> jnp.dtype:
     """At least float32: what convolutions accumulate in and BatchNorm computes in."""
     return jnp.promote_types(dtype, jnp.float32)
@@ -93,8 +97,10 @@ class ConvBN(nnx.Module):
     """Convolution (no bias: BatchNorm's shift replaces it), BatchNorm, then ReLU6 or nothing.
 
     `groups=in_features` makes the convolution depthwise, one filter per channel;
-    `activation=False` leaves the output linear. In training mode `nnx.BatchNorm` normalises with
-    the batch's statistics and updates its running averages; in evaluation mode it uses them.
+    `activation=None` leaves the output linear (another name from `ACTIVATIONS` picks another
+    function); `use_bias=True` gives the convolution a bias (Keras' ResNet has one). In training
+    mode `nnx.BatchNorm` normalises with the batch's statistics and updates its running averages;
+    in evaluation mode it uses them.
     """
 
     def __init__(
@@ -105,7 +111,8 @@ class ConvBN(nnx.Module):
         kernel_size: int = 1,
         stride: int = 1,
         groups: int = 1,
-        activation: bool = True,
+        activation: str | None = "relu6",
+        use_bias: bool = False,
         bn_momentum: float,
         bn_epsilon: float,
         dtype=jnp.float32,
@@ -116,6 +123,8 @@ class ConvBN(nnx.Module):
         if implementation != "reference" and implementation not in IMPLEMENTATIONS:
             known = ["reference", *IMPLEMENTATIONS]
             raise ValueError(f"unknown implementation {implementation!r}; choose from {known}")
+        if activation is not None and activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}; choose from {list(ACTIVATIONS)}")
         self.conv = nnx.Conv(
             in_features,
             out_features,
@@ -123,7 +132,7 @@ class ConvBN(nnx.Module):
             strides=stride,
             padding="SAME",
             feature_group_count=groups,
-            use_bias=False,
+            use_bias=use_bias,
             kernel_init=conv_kernel_init,
             dtype=dtype,
             param_dtype=param_dtype,
@@ -165,7 +174,9 @@ class ConvBN(nnx.Module):
         if self.implementation != "reference":
             return IMPLEMENTATIONS[self.implementation](self, x)
         y = self.norm(self.conv(x))
-        return (relu6(y) if self.activation else y).astype(self.dtype)
+        if self.activation is not None:
+            y = ACTIVATIONS[self.activation](y)
+        return y.astype(self.dtype)
 
 
 class ClassifierHead(nnx.Module):

@@ -41,7 +41,7 @@ class InvertedResidual(nnx.Module):
         hidden = in_features * expansion
         self.expand = ConvBN(in_features, hidden, **unit) if expansion != 1 else None
         self.depthwise = ConvBN(hidden, hidden, kernel_size=3, stride=stride, groups=hidden, **unit)
-        self.project = ConvBN(hidden, out_features, activation=False, **unit)
+        self.project = ConvBN(hidden, out_features, activation=None, **unit)
         self.use_shortcut = stride == 1 and in_features == out_features
 
     def __call__(self, x: jax.Array) -> jax.Array:

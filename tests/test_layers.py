@@ -106,7 +106,7 @@ def test_dense_stem_conv_equals_naive_loop(size):
 def test_batchnorm_train_updates_running_stats_and_eval_uses_them(implementation):
     rng = np.random.default_rng(4)
     x = jnp.asarray(rng.normal(size=(3, 5, 5, 4)) + 1.0, jnp.float32)
-    layer = ConvBN(4, 6, activation=False, implementation=implementation, **unit_options())
+    layer = ConvBN(4, 6, activation=None, implementation=implementation, **unit_options())
     pre_bn = np.einsum("nhwi,io->nhwo", np.asarray(x), np.asarray(layer.conv.kernel[0, 0]))
 
     layer.train()
@@ -130,8 +130,8 @@ def test_batchnorm_train_updates_running_stats_and_eval_uses_them(implementation
 
 def test_relu6_bounds_activation_and_linear_layer_does_not():
     x = jnp.asarray(np.random.default_rng(5).normal(size=(2, 4, 4, 4)) * 50, jnp.float32)
-    activated_layer = ConvBN(4, 6, activation=True, **unit_options())
-    linear_layer = ConvBN(4, 6, activation=False, **unit_options())
+    activated_layer = ConvBN(4, 6, activation="relu6", **unit_options())
+    linear_layer = ConvBN(4, 6, activation=None, **unit_options())
     activated_layer.eval()  # initial running stats: BatchNorm keeps the large scale
     linear_layer.eval()
     activated, linear = np.asarray(activated_layer(x)), np.asarray(linear_layer(x))

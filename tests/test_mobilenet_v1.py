@@ -57,7 +57,7 @@ def test_separable_block_is_depthwise_then_pointwise_each_with_relu6():
     block = DepthwiseSeparable(4, 8, 2, bn_momentum=0.99, bn_epsilon=1e-3, rngs=nnx.Rngs(0))
     assert block.depthwise.kind == "depthwise" and block.depthwise.stride == 2
     assert block.pointwise.kind == "pointwise"
-    assert block.depthwise.activation and block.pointwise.activation
+    assert block.depthwise.activation == block.pointwise.activation == "relu6"
     assert nnx.state(block, nnx.Param)["depthwise"]["conv"]["kernel"].shape == (3, 3, 1, 4)
     assert nnx.state(block, nnx.Param)["pointwise"]["conv"]["kernel"].shape == (1, 1, 4, 8)
     x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 7, 7, 4)) * 10, jnp.float32)

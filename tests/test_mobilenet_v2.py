@@ -99,8 +99,8 @@ def test_shortcut_adds_the_input(in_features, out_features, stride, shortcut):
 
 def test_linear_bottleneck_projection_takes_negative_values():
     block = InvertedResidual(8, 16, 2, 6, rngs=nnx.Rngs(0), **LAYER_OPTIONS)
-    assert block.expand.activation and block.depthwise.activation
-    assert not block.project.activation
+    assert block.expand.activation == block.depthwise.activation == "relu6"
+    assert block.project.activation is None
     x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 8, 8, 8)), jnp.float32)
     y = np.asarray(block(x))  # no shortcut here: y is the projection's output
     assert y.shape == (2, 4, 4, 16)

@@ -29,33 +29,36 @@ from mobilenets.cpu.convolutions import (
 
 
 def convolve(unit: layers.ConvBN, x: jax.Array) -> jax.Array:
-    """`unit.conv(x)` (no bias, 'SAME'), in the form that suits the kind of convolution."""
+    """`unit.conv(x)` ('SAME'), in the form that suits the kind of convolution."""
     conv = unit.conv
     x = x.astype(unit.dtype)
     kernel = conv.kernel[...].astype(unit.dtype)
-    if unit.kind == "depthwise":
-        return depthwise_conv_shifted(x, kernel, unit.stride)
-    if unit.kind == "pointwise" and unit.stride == 1:
-        return pointwise_conv(x, kernel)
-    if unit.in_features <= 4:
-        return dense_conv_few_inputs(x, kernel, unit.stride)
-    return dense_conv(x, kernel, unit.stride)
+    if unit.kind == "depthwise" and conv.feature_group_count == unit.in_features:
+        out = depthwise_conv_shifted(x, kernel, unit.stride)
+    elif unit.kind == "pointwise" and unit.stride == 1:
+        out = pointwise_conv(x, kernel)
+    elif unit.in_features <= 4:
+        out = dense_conv_few_inputs(x, kernel, unit.stride)
+    else:
+        out = dense_conv(x, kernel, unit.stride)
+    return out + conv.bias[...].astype(out.dtype) if conv.use_bias else out
 
 
 def conv_bn(unit: layers.ConvBN, x: jax.Array) -> jax.Array:
     """What `unit(x)` computes in the reference, including the update of running statistics."""
     conv_out = convolve(unit, x)
     norm = unit.norm
-    if norm.use_running_average:
+    if norm.use_running_average or unit.activation not in ("relu6", None):
+        # Evaluation, and activations without a written-out backward pass: nnx.BatchNorm itself.
         y = norm(conv_out)
-        y = layers.relu6(y) if unit.activation else y
+        y = layers.ACTIVATIONS[unit.activation](y) if unit.activation is not None else y
     else:
         y, mean, var = batch_norm_in_training(
             conv_out.reshape(-1, unit.out_features),
             norm.scale[...],
             norm.bias[...],
             norm.epsilon,
-            unit.activation,
+            unit.activation == "relu6",
         )
         y = y.reshape(conv_out.shape)
         # nnx.BatchNorm's running averages, updated as nnx.BatchNorm updates them.
