@@ -75,12 +75,12 @@ def slide_maps(
 
     Without `workdir` only the mosaic and the ground truth are rendered.
     """
-    import inference
-    import reporting
+    from input_pipeline.patches import find_png_files
+    from trainer import inference, slides, writers
 
     output_dir = pathlib.Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    files, errors = inference.find_png_files([patient_dir])
+    files, errors = find_png_files([patient_dir])
     predictor, step = None, None
     if workdir is not None:
         predictor, _, step = inference.Predictor.from_workdir(
@@ -104,14 +104,14 @@ def slide_maps(
         raise ValueError(f"no patch with a Kaggle-style name (x, y) found under {patient_dir}")
     names = [n for n, ok in zip(predictions.names, placeable) if ok]
     images = predictions.images[placeable]
-    placement = inference.SlidePlacement.from_names(
+    placement = slides.SlidePlacement.from_names(
         names, predictions.heights[placeable], predictions.widths[placeable]
     )
     labels = predictions.labels[placeable]
     p_idc = predictions.p_idc[placeable]
 
-    mosaic = inference.build_mosaic(images, placement)
-    inference.save_png(output_dir / "mosaic.png", mosaic)
+    mosaic = slides.build_mosaic(images, placement)
+    slides.save_png(output_dir / "mosaic.png", mosaic)
     panels = [("tissue", mosaic)]
     summary = {
         "patient": next(iter(patients)) if patients else None,
@@ -122,22 +122,22 @@ def slide_maps(
         "idc_patches_labelled": int(np.sum(labels == 1)),
     }
     if (labels >= 0).any():
-        truth = inference.overlay_patches(
+        truth = slides.overlay_patches(
             mosaic,
             placement,
             np.broadcast_to(IDC_RED, (len(labels), 3)),
             opacity=opacity,
             skip=labels != 1,
         )
-        inference.save_png(output_dir / "ground_truth.png", truth)
+        slides.save_png(output_dir / "ground_truth.png", truth)
         panels.append(("ground truth (IDC in red)", truth))
     outcome_counts = None
     if predictor is not None:
         cut = inference.resolve_threshold(threshold, workdir, step)
-        overlay = inference.overlay_patches(
-            mosaic, placement, inference.probability_colours(p_idc, COLORMAP), opacity=opacity
+        overlay = slides.overlay_patches(
+            mosaic, placement, slides.probability_colours(p_idc, COLORMAP), opacity=opacity
         )
-        inference.save_png(output_dir / "p_idc.png", overlay)
+        slides.save_png(output_dir / "p_idc.png", overlay)
         panels.append(("P(IDC)", overlay))
         inference.write_predictions_csv(output_dir / "predictions.csv", predictions, cut)
         decisions = inference.predicted_labels(p_idc, cut)
@@ -149,30 +149,30 @@ def slide_maps(
             images_per_second=predictions.images_per_second,
         )
         if (labels >= 0).any():
-            outcome = inference.outcomes(labels, decisions)
-            outcome_counts = {k: int(np.sum(outcome == k)) for k in inference.OUTCOME_COLOURS}
-            outcome_map = inference.overlay_patches(
+            outcome = slides.outcomes(labels, decisions)
+            outcome_counts = {k: int(np.sum(outcome == k)) for k in slides.OUTCOME_COLOURS}
+            outcome_map = slides.overlay_patches(
                 mosaic,
                 placement,
-                inference.outcome_colours(outcome),
+                slides.outcome_colours(outcome),
                 opacity=opacity,
                 skip=outcome == "",
             )
-            inference.save_png(output_dir / "outcomes.png", outcome_map)
+            slides.save_png(output_dir / "outcomes.png", outcome_map)
             panels.append((f"outcomes at threshold {cut:.3g}", outcome_map))
             summary["outcomes"] = outcome_counts
     inference.write_errors(output_dir / "unreadable.txt", errors)
     title = f"patient {summary['patient']}: {summary['patches_placed']} patches"
     if step is not None:
         title += f", {pathlib.Path(workdir).name} step {step}" + (" (8-view TTA)" if tta else "")
-    inference.save_slide_figure(
+    slides.save_slide_figure(
         output_dir / "slide_maps.png",
         panels,
         title=title,
         colormap=COLORMAP if predictor is not None else None,
         outcome_counts=outcome_counts,
     )
-    reporting.write_json(output_dir / "summary.json", summary)
+    writers.write_json(output_dir / "summary.json", summary)
     return summary
 
 

@@ -13,9 +13,8 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-import distributed
-import train
-from input_pipeline.kaggle_idc import ManualDownloadMissingError
+from input_pipeline.sources import ManualDownloadMissingError
+from trainer import sharding, train_and_evaluate
 
 
 class _HideLibraryChatter(std_logging.Filter):
@@ -37,10 +36,10 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     logging.get_absl_handler().addFilter(_HideLibraryChatter())
-    multi_process = distributed.start(FLAGS.config)
+    multi_process = sharding.start(FLAGS.config)
     logging.info("Config:\n%s", FLAGS.config)
     try:
-        train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+        train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except ManualDownloadMissingError as error:
         # The user's next step, not a bug: the message says what to download and where.
         logging.error("%s", error)

@@ -64,9 +64,10 @@ def predict_to_csv(
     num_threads: int = 8,
 ) -> dict:
     """Predicts every PNG under `paths`, writes `output` and `output`.errors.txt; returns counts."""
-    import inference
+    from input_pipeline.patches import find_png_files
+    from trainer import inference
 
-    files, errors = inference.find_png_files(paths)
+    files, errors = find_png_files(paths)
     predictor, _, step = inference.Predictor.from_workdir(
         workdir, checkpoint, batch_size=batch_size, tta=tta
     )

@@ -1,8 +1,9 @@
-"""Speed of the project's own train and eval steps (train.py), on whatever device JAX finds.
+"""Speed of the project's own train and eval steps (trainer/), on whatever device JAX finds.
 
-What is timed is what trains: the state comes from `train.create_train_state` and the steps from
-`train.compile_steps` (jitted, state donated, batch sharded over every device), fed uint8 50x50
-patches that the step resizes to the model's size on the device, as in training. Per model, image
+What is timed is what trains: the state comes from `trainer.state.create_train_state` and the
+steps from `trainer.loop.compile_steps` (jitted, state donated, batch sharded over every
+device), fed uint8 50x50 patches that the step resizes to the model's size on the device, as in
+training. Per model, image
 size and batch:
 
 - train images/s: forward, backward and Adam update; the median over windows of `--window` steps
@@ -16,7 +17,7 @@ size and batch:
   own account of the train step (arguments + outputs - donated aliases + temporaries);
 - feeding images/s: `input_pipeline.iterate_batches` over an in-memory uint8 split, alone (host
   gathers) and with the copy to the device;
-- epoch s: a whole epoch of `--epoch_images` patches, feeding included, as `train.py` loops.
+- epoch s: a whole epoch of `--epoch_images` patches, feeding included, as `trainer/loop.py` loops.
 
 With `--paper_experiment` it instead times the paper's whole experiment: 5 epochs each of
 MobileNetV1 and V2 over 277,524 synthetic patches held in memory (the Kaggle set's size), at the
@@ -58,10 +59,13 @@ from bench_data import InMemorySplit, synthetic_split  # noqa: E402
 
 import input_pipeline  # noqa: E402
 import mobilenets  # noqa: E402
-import train  # noqa: E402
 from configs import default  # noqa: E402
 from input_pipeline import synthetic  # noqa: E402
 from mobilenets.cpu import host_memory, kernels  # noqa: E402
+from trainer import loop  # noqa: E402
+from trainer import state as state_lib  # noqa: E402
+from trainer import steps as trainer_steps  # noqa: E402
+from trainer.sharding import Sharding  # noqa: E402
 
 MODELS = ("mobilenet_v1", "mobilenet_v2")
 # The issue's grid. GPU: bfloat16, batch 256 at 224 px and 1024 below; CPU: float32, batch 64.
@@ -93,7 +97,7 @@ def make_config(
 class Steps:
     """The trainer's state and its compiled (AOT) train and eval steps for one configuration."""
 
-    state: train.TrainState
+    state: state_lib.TrainState
     train_step: Callable
     eval_step: Callable | None  # None when not asked for (the paper experiment only trains)
     lower_s: float
@@ -107,17 +111,17 @@ class Steps:
 
 
 def compile_trainer_steps(
-    config: ml_collections.ConfigDict, sharding: train.Sharding, batch: dict, with_eval: bool = True
+    config: ml_collections.ConfigDict, sharding: Sharding, batch: dict, with_eval: bool = True
 ) -> Steps:
-    """`train.create_train_state` and `train.compile_steps`, lowered and compiled ahead of use."""
-    tx = train.create_optimizer(config, steps_per_epoch=1)
-    state, train_graph, eval_graph = train.create_train_state(config, tx, sharding)
-    jit_train_step, jit_eval_step = train.compile_steps(
+    """The trainer's state and compiled steps, lowered and compiled ahead of use."""
+    tx = state_lib.create_optimizer(config, steps_per_epoch=1)
+    state, train_graph, eval_graph = state_lib.create_train_state(config, tx, sharding.replicated)
+    jit_train_step, jit_eval_step = loop.compile_steps(
         config,
         train_graph=train_graph,
         eval_graph=eval_graph,
         tx=tx,
-        weights_per_class=np.ones(train.NUM_CLASSES, np.float32),
+        weights_per_class=np.ones(state_lib.NUM_CLASSES, np.float32),
         sharding=sharding,
     )
     start = time.perf_counter()
@@ -171,14 +175,14 @@ def device_peak_bytes() -> int | None:
 
 
 def random_batch(
-    batch_size: int, sharding: train.Sharding, rng: np.random.Generator
+    batch_size: int, sharding: Sharding, rng: np.random.Generator
 ) -> dict[str, jax.Array]:
     """A training batch already on the device: uint8 50x50 patches, labels, a full mask."""
     patch = synthetic.PATCH_SIZE
     return sharding.put_batch(
         {
             "image": rng.integers(0, 256, (batch_size, patch, patch, 3), dtype=np.uint8),
-            "label": rng.integers(0, train.NUM_CLASSES, batch_size).astype(np.int32),
+            "label": rng.integers(0, state_lib.NUM_CLASSES, batch_size).astype(np.int32),
             "mask": np.ones(batch_size, bool),
         }
     )
@@ -222,14 +226,14 @@ def median_step_seconds(
 
 
 def feeding_rate(
-    split: InMemorySplit, batch_size: int, sharding: train.Sharding, num_batches: int
+    split: InMemorySplit, batch_size: int, sharding: Sharding, num_batches: int
 ) -> dict[str, float]:
     """Images/s of `iterate_batches` alone (host gathers) and with the copy to the device."""
 
     def batches() -> Iterator[dict[str, np.ndarray]]:
         iterator = input_pipeline.iterate_batches(split, batch_size, seed=0, epoch=0)
         for _, batch in zip(range(num_batches), iterator):
-            yield {key: batch[key] for key in train.TRAIN_BATCH_KEYS}
+            yield {key: batch[key] for key in trainer_steps.BATCH_KEYS}
 
     start = time.perf_counter()
     count = sum(1 for _ in batches())
@@ -246,13 +250,13 @@ def feeding_rate(
 
 def train_epoch(
     train_step: Callable,
-    state: train.TrainState,
+    state: state_lib.TrainState,
     split: InMemorySplit,
     batch_size: int,
-    sharding: train.Sharding,
+    sharding: Sharding,
     epoch: int,
-) -> tuple[train.TrainState, dict[str, float]]:
-    """One epoch as `train._train_epochs` runs it: shuffled batches, fed, stepped, waited for.
+) -> tuple[state_lib.TrainState, dict[str, float]]:
+    """One epoch as `trainer.loop` runs it: shuffled batches, fed, stepped, waited for.
 
     Also times the host's share: making batches and handing them to the device. When that share
     is close to the wall time, feeding is the bottleneck.
@@ -265,7 +269,7 @@ def train_epoch(
         local_batch = next(batches, None)
         if local_batch is None:
             break
-        batch = sharding.put_batch({key: local_batch[key] for key in train.TRAIN_BATCH_KEYS})
+        batch = sharding.put_batch({key: local_batch[key] for key in trainer_steps.BATCH_KEYS})
         feed_s += time.perf_counter() - feed_start
         state = train_step(state, batch)
         steps += 1
@@ -282,7 +286,7 @@ def benchmark_configuration(
     image_size: int,
     batch_size: int,
     args: argparse.Namespace,
-    sharding: train.Sharding,
+    sharding: Sharding,
     epoch_split: InMemorySplit | None,
     feeding: dict[str, float],
     first_in_process: bool,
@@ -306,7 +310,7 @@ def benchmark_configuration(
     if epoch_split is not None:
         state, epoch = train_epoch(steps.train_step, state, epoch_split, batch_size, sharding, 0)
     profile = mobilenets.profile(
-        model, alpha=args.alpha, image_size=image_size, num_classes=train.NUM_CLASSES
+        model, alpha=args.alpha, image_size=image_size, num_classes=state_lib.NUM_CLASSES
     )
     row = {
         "framework": "jax",
@@ -316,7 +320,7 @@ def benchmark_configuration(
         "model": model,
         "image_size": image_size,
         "batch_size": batch_size,
-        "dtype": str(np.dtype(train.compute_dtype(config))),
+        "dtype": str(np.dtype(state_lib.compute_dtype(config))),
         "alpha": args.alpha,
         "train_images_per_s": batch_size / train_s,
         "train_step_ms": 1e3 * train_s,
@@ -346,9 +350,9 @@ def benchmark_configuration(
 
 
 def paper_experiment(
-    args: argparse.Namespace, sharding: train.Sharding, split: InMemorySplit
+    args: argparse.Namespace, sharding: Sharding, split: InMemorySplit
 ) -> tuple[list[dict], dict]:
-    """Times 5 epochs of each network over the whole in-memory set, as `train.py` trains them."""
+    """Times 5 epochs of each network over the whole in-memory set, as the trainer trains them."""
     rows = []
     feeding = feeding_rate(split, args.paper_batch_size, sharding, args.feed_batches)
     for model in args.models:
@@ -358,7 +362,7 @@ def paper_experiment(
         steps = compile_trainer_steps(config, sharding, batch, with_eval=False)
         state = steps.state
         reset = jax.jit(
-            train.reset_epoch_metrics, out_shardings=sharding.replicated, donate_argnums=0
+            state_lib.reset_epoch_metrics, out_shardings=sharding.replicated, donate_argnums=0
         )
         epochs = []
         for epoch in range(PAPER_EPOCHS):
@@ -366,14 +370,14 @@ def paper_experiment(
             state, timing = train_epoch(
                 steps.train_step, state, split, args.paper_batch_size, sharding, epoch
             )
-            metrics = train.epoch_metrics_on_host(state)
+            metrics = loop.epoch_metrics_on_host(state)
             epochs.append({**timing, **metrics})
             print(
                 f"{model} epoch {epoch + 1}: {timing['wall_s']:.1f} s, "
                 f"loss {metrics['loss']:.4f}, accuracy {metrics['accuracy']:.4f}",
                 flush=True,
             )
-        train.check_finite(state)
+        loop.check_finite(state)
         train_s = sum(e["wall_s"] for e in epochs)
         images = sum(e["images"] for e in epochs)
         rows.append(
@@ -382,7 +386,7 @@ def paper_experiment(
                 "model": model,
                 "image_size": args.paper_image_size,
                 "batch_size": args.paper_batch_size,
-                "dtype": str(np.dtype(train.compute_dtype(config))),
+                "dtype": str(np.dtype(state_lib.compute_dtype(config))),
                 "epochs": PAPER_EPOCHS,
                 "images_per_epoch": len(split),
                 "train_s": train_s,
@@ -506,7 +510,7 @@ def run_meta(args: argparse.Namespace, host: dict, notes: list[str]) -> dict[str
 def main(argv: Sequence[str] | None = None) -> None:
     host_memory.keep_scratch_memory_mapped()  # before JAX starts its backend (parse_args)
     args = parse_args(argv)
-    sharding = train.Sharding.over_all_devices()
+    sharding = Sharding.over_all_devices()
     notes: list[str] = []
     host = compare.host_meta()  # at the start: the load average before the run
 

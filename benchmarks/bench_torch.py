@@ -47,6 +47,7 @@ import numpy as np  # noqa: E402
 from bench_data import synthetic_split  # noqa: E402
 
 import input_pipeline  # noqa: E402
+from input_pipeline.patches import PATCH_SIZE  # noqa: E402
 
 try:
     import torch
@@ -59,7 +60,6 @@ GPU_BATCH_FOR_SIZE = {224: 256, 96: 1024, 50: 1024}
 CPU_BATCH = 64
 NUM_CLASSES = 2
 LEARNING_RATE = 1e-4
-PATCH_SIZE = 50
 REAL_NUM_PATCHES = 277_524
 
 

@@ -27,6 +27,7 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import input_pipeline  # noqa: E402
+from configs import default  # noqa: E402
 from input_pipeline import dataset, splits, synthetic  # noqa: E402
 
 REAL_SIZE = synthetic.REAL_NUM_PATCHES
@@ -62,7 +63,9 @@ def main() -> None:
     )
 
     # 2. Prepare (build if needed) and load.
-    config = dict(dataset="synthetic_idc", synthetic_size=args.size, data_dir=args.data_dir)
+    config = default.data_config(
+        dataset="synthetic_idc", synthetic_size=args.size, data_dir=args.data_dir
+    )
     builder, seconds = _timed(lambda: dataset.prepare(config))
     rows.append(("prepare (TFDS build or no-op)", f"{seconds:.1f} s", builder.data_dir))
     table, seconds = _timed(lambda: dataset.load_table(builder, use_cache=False))

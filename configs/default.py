@@ -78,15 +78,16 @@ def get_config() -> ml_collections.ConfigDict:
     config.label_smoothing = 0.0
     config.class_weights = "none"  # "none" | "balanced" (inverse class frequency of train)
     # > 0: before each evaluation, recompute BatchNorm statistics on this many training batches
-    # ("precise BN"); fixes the lag of the moving averages in short runs (train.py explains).
+    # ("precise BN"); fixes the lag of the moving averages in short runs (trainer/evaluate.py).
     config.bn_recalibration_batches = 0
 
-    # "auto": bfloat16 compute on GPU/TPU, float32 on CPU. Parameters stay float32.
+    # "auto": bfloat16 compute on GPU/TPU, float32 on CPU. Parameters stay float32 (float64 when
+    # computing in float64, as the sharding tests do).
     config.compute_dtype = "auto"
     # CPU backend, Linux: synchronous dispatch + glibc settings that keep XLA's per-step scratch
-    # buffer allocated instead of mapping it afresh each step (host_memory.py): removes ~200k page
-    # faults per V1 96 px step, 1.25-1.6x faster CPU steps. Single-process runs only. False:
-    # JAX's and glibc's defaults.
+    # buffer allocated instead of mapping it afresh each step (mobilenets/cpu/host_memory.py;
+    # benchmarks/RESULTS.md has the gain). Single-process runs only. False: JAX's and glibc's
+    # defaults.
     config.keep_scratch_memory_mapped = True
 
     config.log_every_steps = 20
@@ -111,4 +112,18 @@ def get_config() -> ml_collections.ConfigDict:
 def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Locks the config so that a mistyped override is an error, not a silent new key."""
     config.lock()
+    return config
+
+
+def data_config(**overrides) -> ml_collections.ConfigDict:
+    """`get_config().data` with `overrides`: what `input_pipeline.load_dataset` takes."""
+    config = get_config().data
+    config.update(overrides)
+    return config
+
+
+def preprocess_config(**overrides) -> ml_collections.ConfigDict:
+    """`get_config().preprocess` with `overrides`: what `input_pipeline.preprocess` takes."""
+    config = get_config().preprocess
+    config.update(overrides)
     return config

@@ -14,19 +14,20 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import io
 import json
 import logging
 import os
 import pathlib
 import shutil
 import tempfile
-from collections.abc import Mapping
 from typing import Any
 
+import ml_collections
 import numpy as np
 
-PATCH_SIZE = 50
+from input_pipeline import sources
+from input_pipeline.patches import PATCH_SIZE, Counts, decode_patch
+
 DATASET_NAMES = ("kaggle_idc", "synthetic_idc")
 _COLUMNS = ("image", "label", "patient", "x", "y", "height", "width", "file_name")
 _CACHE_DIR = "decoded_npy"
@@ -93,42 +94,34 @@ class Dataset:
     info: DatasetInfo
 
 
-def _get(config: Any, key: str, default: Any) -> Any:
-    if isinstance(config, Mapping):
-        return config.get(key, default)
-    return getattr(config, key, default) if key in config else default
-
-
-def _resolve_dirs(config: Any) -> tuple[pathlib.Path, pathlib.Path]:
+def _resolve_dirs(config: ml_collections.ConfigDict) -> tuple[pathlib.Path, pathlib.Path]:
     """(data_dir, manual_dir) with TFDS's defaults for empty strings."""
     import tensorflow_datasets as tfds  # noqa: PLC0415 (heavy import, only when loading)
 
-    data_dir = _get(config, "data_dir", "") or os.environ.get("TFDS_DATA_DIR", "")
+    data_dir = config.data_dir or os.environ.get("TFDS_DATA_DIR", "")
     data_dir = pathlib.Path(data_dir or tfds.core.constants.DATA_DIR).expanduser()
-    manual_dir = _get(config, "manual_dir", "") or data_dir / "downloads" / "manual"
+    manual_dir = config.manual_dir or data_dir / "downloads" / "manual"
     return data_dir, pathlib.Path(manual_dir).expanduser()
 
 
-def make_builder(config: Any):
+def make_builder(config: ml_collections.ConfigDict):
     """The TFDS builder the config names ("auto" resolved), with the array_record format."""
     from input_pipeline import kaggle_idc, synthetic_idc  # noqa: PLC0415
 
     data_dir, manual_dir = _resolve_dirs(config)
-    name = _get(config, "dataset", "auto")
+    name = config.dataset
     if name == "auto":
         kaggle = kaggle_idc.KaggleIdc(data_dir=str(data_dir), file_format="array_record")
-        prepared = kaggle.is_prepared() if hasattr(kaggle, "is_prepared") else False
-        name = "kaggle_idc" if prepared or kaggle_idc.find_sources(manual_dir) else "synthetic_idc"
+        prepared = kaggle.is_prepared()
+        name = "kaggle_idc" if prepared or sources.find_sources(manual_dir) else "synthetic_idc"
         logging.info("data.dataset='auto' resolved to %s", name)
     if name == "kaggle_idc":
         builder = kaggle_idc.KaggleIdc(data_dir=str(data_dir), file_format="array_record")
-        if not builder.is_prepared() and not kaggle_idc.find_sources(manual_dir):
-            raise kaggle_idc.ManualDownloadMissingError(
-                kaggle_idc.missing_download_message(manual_dir)
-            )
+        if not builder.is_prepared() and not sources.find_sources(manual_dir):
+            raise sources.ManualDownloadMissingError(sources.missing_download_message(manual_dir))
     elif name == "synthetic_idc":
         builder = synthetic_idc.SyntheticIdc(
-            config=_get(config, "synthetic_size", "small"),
+            config=config.synthetic_size,
             data_dir=str(data_dir),
             file_format="array_record",
         )
@@ -137,7 +130,7 @@ def make_builder(config: Any):
     return builder, manual_dir
 
 
-def prepare(config: Any):
+def prepare(config: ml_collections.ConfigDict):
     """Builds the dataset if needed (idempotent) and returns its builder."""
     import tensorflow_datasets as tfds  # noqa: PLC0415
 
@@ -147,13 +140,6 @@ def prepare(config: Any):
             download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir))
         )
     return builder
-
-
-def _decode_png(data: bytes) -> np.ndarray:
-    from PIL import Image  # noqa: PLC0415
-
-    with Image.open(io.BytesIO(data)) as image:
-        return np.asarray(image.convert("RGB"), np.uint8)
 
 
 def _read_prepared(builder, num_threads: int | None = None) -> dict[str, np.ndarray]:
@@ -173,8 +159,8 @@ def _read_prepared(builder, num_threads: int | None = None) -> dict[str, np.ndar
     image = np.empty((num, PATCH_SIZE, PATCH_SIZE, 3), np.uint8)
 
     def decode_range(bounds: tuple[int, int]) -> None:
-        for i in range(*bounds):
-            image[i] = _decode_png(pngs[i])
+        for i in range(*bounds):  # stored PNGs are whole 50x50 RGB patches: nothing is counted
+            image[i] = decode_patch(pngs[i], Counts())[0]
 
     workers = num_threads or os.cpu_count() or 1
     bounds = [(s, min(num, s + 2048)) for s in range(0, num, 2048)]
@@ -223,7 +209,7 @@ def load_table(builder, use_cache: bool = True) -> dict[str, np.ndarray]:
     return table
 
 
-def load_dataset(config: Any) -> Dataset:
+def load_dataset(config: ml_collections.ConfigDict) -> Dataset:
     """Prepares (if needed), loads and splits the data set described by `config.data`.
 
     Keys: dataset, data_dir, manual_dir, synthetic_size, split, split_seed, validation_fraction,
@@ -234,10 +220,10 @@ def load_dataset(config: Any) -> Dataset:
     builder = prepare(config)
     table = load_table(builder)
     full = Split(**table)
-    protocol = _get(config, "split", "patient")
-    seed = int(_get(config, "split_seed", 0))
-    validation_fraction = float(_get(config, "validation_fraction", 0.15))
-    test_fraction = float(_get(config, "test_fraction", 0.15))
+    protocol = config.split
+    seed = config.split_seed
+    validation_fraction = config.validation_fraction
+    test_fraction = config.test_fraction
     indices = splits.make_splits(
         protocol, full.patient, full.label, seed, validation_fraction, test_fraction
     )

@@ -14,11 +14,9 @@ device, so augmentation never starves it. Order of operations, at 50x50 before r
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 # Ruifrok & Johnston (2001) stain matrix, rows H, E, D (DAB) in RGB optical density, as in
@@ -26,12 +24,6 @@ import numpy as np
 RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], np.float32)
 HED_FROM_RGB = np.linalg.inv(RGB_FROM_HED).astype(np.float32)
 _OD_FLOOR = 1e-6  # smallest intensity, avoids log(0) on black pixels
-
-
-def _get(config: Any, key: str, default: Any) -> Any:
-    if isinstance(config, Mapping):
-        return config.get(key, default)
-    return getattr(config, key, default) if key in config else default
 
 
 def dihedral_view(images: jax.Array, k: int) -> jax.Array:
@@ -154,7 +146,7 @@ def resize(images: jax.Array, image_size: int, method: str = "bilinear") -> jax.
 
 def preprocess(
     images: jax.Array,
-    config: Any,
+    config: ml_collections.ConfigDict,
     train: bool,
     rng: jax.Array | None = None,
 ) -> jax.Array:
@@ -163,11 +155,8 @@ def preprocess(
     `config` holds image_size, resize_method, dihedral, hsv_jitter, hed_jitter (config.preprocess).
     Augmentation runs only when train=True and then needs `rng`.
     """
-    image_size = int(_get(config, "image_size", 96))
-    method = str(_get(config, "resize_method", "bilinear"))
-    use_dihedral = bool(_get(config, "dihedral", False))
-    hsv_strength = float(_get(config, "hsv_jitter", 0.0))
-    hed_strength = float(_get(config, "hed_jitter", 0.0))
+    image_size, method = config.image_size, config.resize_method
+    use_dihedral, hsv_strength, hed_strength = config.dihedral, config.hsv_jitter, config.hed_jitter
     x = images.astype(jnp.float32) / 255.0
     if train and (use_dihedral or hsv_strength > 0 or hed_strength > 0):
         if rng is None:

@@ -35,8 +35,8 @@ from collections.abc import Iterator
 import numpy as np
 
 from input_pipeline import published_splits
+from input_pipeline.patches import PATCH_SIZE
 
-PATCH_SIZE = 50
 RENDER_CHUNK = 512
 # The real set: 277,524 patches, 78,786 positive (28.4%), 279 patients.
 REAL_NUM_PATCHES = 277_524

@@ -9,6 +9,7 @@ from __future__ import annotations
 import tensorflow_datasets as tfds
 
 from input_pipeline import kaggle_idc, synthetic
+from input_pipeline.patches import PATCH_SIZE, Counts, encode_png
 
 GENERATION_SEED = 0  # part of the dataset's definition: a new seed would be a new version
 
@@ -42,16 +43,16 @@ class SyntheticIdc(tfds.core.GeneratorBasedBuilder):
 
     def _generate_examples(self):
         spec = synthetic.SIZES[self.builder_config.name]
-        report = kaggle_idc.BuildReport()
+        report = Counts()
         for chunk in synthetic.iter_chunks(spec.num_patients, spec.num_patches, GENERATION_SEED):
             for i in range(len(chunk["label"])):
                 report.add("examples_written")
-                if chunk["height"][i] < kaggle_idc.PATCH_SIZE or chunk["width"][i] < 50:
+                if chunk["height"][i] < PATCH_SIZE or chunk["width"][i] < PATCH_SIZE:
                     report.add("border_patches_padded")
                 yield (
                     f"{chunk['patient'][i]}/{chunk['file_name'][i]}",
                     {
-                        "image": kaggle_idc.encode_png(chunk["image"][i]),
+                        "image": encode_png(chunk["image"][i]),
                         "label": int(chunk["label"][i]),
                         "patient": int(chunk["patient"][i]),
                         "x": int(chunk["x"][i]),

@@ -23,6 +23,12 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
 @pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> pathlib.Path:
+    """A TFDS data_dir shared by the session: each data set is built into it once."""
+    return tmp_path_factory.mktemp("tfds")
+
+
+@pytest.fixture(scope="session")
 def idc_sample_dir() -> pathlib.Path:
     """The 979 real patches of patient 8863; skips when ../shared is absent."""
     if not IDC_SAMPLE.is_dir():

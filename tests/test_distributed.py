@@ -1,4 +1,9 @@
-"""Two real processes on localhost (jax.distributed, CPU collectives over gloo)."""
+"""Two real processes of main.py on localhost (jax.distributed, CPU collectives over gloo).
+
+End to end and minutes long, hence `heavy`. That two processes compute what one does is tested
+step by step in test_sharding.py; here the whole program runs: both processes finish, cover the
+same steps and examples, and write every output once.
+"""
 
 import json
 import os
@@ -7,6 +12,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from tests.test_train import REPO, TINY_OVERRIDES
@@ -39,9 +45,7 @@ def _launch(workdir, data_dir, log_dir, *extra, num_processes=2, port=None):
                 f"--config.distributed.process_id={process_id}",
             ]
         log = open(log_dir / f"process_{process_id}.log", "w")  # noqa: SIM115
-        # Two processes are two devices, which run the portable jnp formulation
-        # (cpu_kernels.on_cpu): so does the one-process reference, to compare like with like.
-        env = {**os.environ, "JAX_PLATFORMS": "cpu", "MOBILENETS_CPU_KERNELS": "0"}
+        env = {**os.environ, "JAX_PLATFORMS": "cpu"}
         env.pop("XLA_FLAGS", None)
         processes.append(
             subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -49,12 +53,8 @@ def _launch(workdir, data_dir, log_dir, *extra, num_processes=2, port=None):
     return processes
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("tfds_distributed")
-
-
-def test_two_processes_match_one_process(tmp_path, data_dir):
+@pytest.mark.heavy
+def test_two_processes_run_main_end_to_end(tmp_path, data_dir):
     extra = ("--config.num_epochs=1",)
     single = _launch(tmp_path / "single", data_dir, tmp_path, *extra, num_processes=1)[0]
     assert single.wait(timeout=600) == 0, (tmp_path / "process_0.log").read_text()[-3000:]
@@ -68,23 +68,19 @@ def test_two_processes_match_one_process(tmp_path, data_dir):
     two = json.loads((tmp_path / "multi" / "summary.json").read_text())
     assert (one["processes"], two["processes"]) == (1, 2)
     assert two["devices"] == 2
-    # The same global batches, so the same trajectory up to the order of float sums. This barely
-    # trained model scores the tiny test split (51 patches) almost alike, so that rounding flips
-    # the order of a few nearly tied pairs (one or two of 308 measured): the ranking metrics get
-    # five pairs of slack; the loss needs none.
-    test = one["test"]
-    pairs = (test["tp"] + test["fn"]) * (test["tn"] + test["fp"])
-    assert two["test"]["loss"] == pytest.approx(test["loss"], rel=2e-3)
-    for key in ("roc_auc", "pr_auc"):
-        assert two["test"][key] == pytest.approx(test[key], abs=5 / pairs), key
-    assert two["final_train"]["loss"] == pytest.approx(one["final_train"]["loss"], rel=2e-3)
+    # The same global batches and the same examples evaluated, each exactly once.
+    assert two["steps"] == one["steps"]
     assert two["test"]["num_examples"] == one["test"]["num_examples"]
+    assert two["final_validation"]["num_examples"] == one["final_validation"]["num_examples"]
+    for summary in (one, two):
+        assert np.isfinite(summary["test"]["loss"]) and 0 <= summary["test"]["roc_auc"] <= 1
     # Outputs are written once, by process 0.
     log_lines = (tmp_path / "multi" / "metrics.jsonl").read_text().splitlines()
     steps = [json.loads(line)["step"] for line in log_lines]
     assert steps == sorted(steps)
 
 
+@pytest.mark.heavy
 def test_a_dead_worker_fails_the_run_promptly(tmp_path, data_dir):
     extra = ("--config.num_epochs=100", "--config.distributed.heartbeat_timeout_s=10")
     survivor, victim = _launch(tmp_path / "run", data_dir, tmp_path, *extra)

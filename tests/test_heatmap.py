@@ -9,10 +9,11 @@ import pytest
 from PIL import Image
 
 import heatmap
-import inference
 from input_pipeline import synthetic
+from input_pipeline.patches import PatchName
 from tests.commands import run_program
 from tests.test_inference import trained_tiny_workdir
+from trainer import slides
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 GRID = 50
@@ -31,13 +32,13 @@ def test_mosaic_and_overlay_of_a_toy_slide():
     # below to 30 high (the slide's border). Cell (row 0, column 1) stays empty.
     images = np.stack([np.full((50, 50, 3), v, np.uint8) for v in (10, 20, 30)])
     names = [
-        inference.PatchName(1, x=1, y=1),
-        inference.PatchName(1, x=101, y=1),
-        inference.PatchName(1, x=1, y=51),
+        PatchName(1, x=1, y=1),
+        PatchName(1, x=101, y=1),
+        PatchName(1, x=1, y=51),
     ]
-    placement = inference.SlidePlacement.from_names(names, [50, 50, 30], [50, 20, 50])
+    placement = slides.SlidePlacement.from_names(names, [50, 50, 30], [50, 20, 50])
     assert placement.canvas_shape == (80, 120)
-    mosaic = inference.build_mosaic(images, placement)
+    mosaic = slides.build_mosaic(images, placement)
     expected = np.full((80, 120, 3), 255, np.uint8)
     expected[0:50, 0:50] = 10
     expected[0:50, 100:120] = 20
@@ -45,7 +46,7 @@ def test_mosaic_and_overlay_of_a_toy_slide():
     np.testing.assert_array_equal(mosaic, expected)
 
     colours = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
-    tinted = inference.overlay_patches(
+    tinted = slides.overlay_patches(
         mosaic, placement, colours, opacity=0.25, skip=np.array([False, False, True])
     )
     np.testing.assert_array_equal(tinted[0, 0], np.round([0.75 * 10 + 0.25 * 255, 7.5, 7.5]))
@@ -57,7 +58,7 @@ def test_mosaic_and_overlay_of_a_toy_slide():
 def test_outcomes_are_the_confusion_cells_with_idc_positive():
     labels = np.array([1, 1, 0, 0, -1])
     decisions = np.array([1, 0, 1, 0, 1])
-    assert inference.outcomes(labels, decisions).tolist() == ["TP", "FN", "FP", "TN", ""]
+    assert slides.outcomes(labels, decisions).tolist() == ["TP", "FN", "FP", "TN", ""]
 
 
 # ----------------------------------------------------------------------------- the real sample
@@ -156,7 +157,7 @@ def test_probability_and_outcome_maps_colour_each_patch(model_maps):
     p_map, outcome_map = read_png(output / "p_idc.png"), read_png(output / "outcomes.png")
     with (output / "predictions.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))
-    colours = inference.probability_colours(np.array([float(r["p_idc"]) for r in rows]))
+    colours = slides.probability_colours(np.array([float(r["p_idc"]) for r in rows]))
     for row, colour in zip(rows, colours):
         top, left = int(row["y"]) - 1, int(row["x"]) - 1
         pixel = (top, left)  # the top-left pixel belongs even to a 1-pixel-deep border patch
@@ -165,7 +166,7 @@ def test_probability_and_outcome_maps_colour_each_patch(model_maps):
             "P" if predicted else "N"
         )
         expected_outcome = np.round(
-            0.5 * mosaic[pixel] + 0.5 * np.array(inference.OUTCOME_COLOURS[outcome]) * 255
+            0.5 * mosaic[pixel] + 0.5 * np.array(slides.OUTCOME_COLOURS[outcome]) * 255
         )
         np.testing.assert_array_equal(outcome_map[pixel], expected_outcome)
         # The CSV rounds P(IDC) to 6 decimals, which can move it to the neighbouring colour of the

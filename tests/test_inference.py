@@ -11,13 +11,12 @@ import jax
 import numpy as np
 import pytest
 
-import inference
 import input_pipeline
 import predict
-import train
-from input_pipeline import synthetic
+from input_pipeline import patches, synthetic
 from tests.commands import run_program
 from tests.test_train import tiny_config
+from trainer import RunDirectory, inference, train_and_evaluate
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -32,7 +31,7 @@ def trained_tiny_workdir(tmp_path_factory) -> pathlib.Path:
     workdir = base / "tiny_trained_run"
     if not (workdir / "summary.json").is_file():
         config = tiny_config(base / "tiny_run_tfds", num_epochs=1)
-        train.train_and_evaluate(config, str(workdir))
+        train_and_evaluate(config, str(workdir))
     return workdir
 
 
@@ -60,7 +59,7 @@ def synthetic_folder(tmp_path_factory, synthetic_patches) -> pathlib.Path:
 @pytest.fixture(scope="module")
 def reference_p_idc(tiny_run):
     """P(IDC) by the restored network applied directly, without `inference`."""
-    config, model, _ = train.restore_for_inference(tiny_run)
+    config, model, _ = RunDirectory(tiny_run).restore_model()
 
     @jax.jit
     def p_idc(images):
@@ -74,22 +73,22 @@ def reference_p_idc(tiny_run):
 
 
 def test_parse_patch_name_reads_kaggle_names_with_and_without_label():
-    assert inference.parse_patch_name("8863_idx5_x1001_y2301_class1.png") == (
-        inference.PatchName(patient=8863, x=1001, y=2301, label=1)
+    assert patches.parse_patch_name("8863_idx5_x1001_y2301_class1.png") == (
+        patches.PatchName(patient=8863, x=1001, y=2301, label=1)
     )
-    assert inference.parse_patch_name("8863_idx5_x51_y1_class0.png").label == 0
-    assert inference.parse_patch_name("8863_idx5_x51_y101.png") == (
-        inference.PatchName(patient=8863, x=51, y=101, label=None)
+    assert patches.parse_patch_name("8863_idx5_x51_y1_class0.png").label == 0
+    assert patches.parse_patch_name("8863_idx5_x51_y101.png") == (
+        patches.PatchName(patient=8863, x=51, y=101, label=None)
     )
-    assert inference.parse_patch_name("slide_crop_7.png") == inference.PatchName()
-    assert inference.parse_patch_name("8863_idx5_x51_y1_class2.png").label is None
+    assert patches.parse_patch_name("slide_crop_7.png") == patches.PatchName()
+    assert patches.parse_patch_name("8863_idx5_x51_y1_class2.png").label is None
 
 
 def test_find_png_files_recurses_sorts_deduplicates_and_reports_missing(tmp_path):
     for relative in ("b/2.png", "b/sub/1.png", "a.png", "b/notes.txt", "b/UPPER.PNG"):
         (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / relative).write_bytes(b"x")
-    files, missing = inference.find_png_files(
+    files, missing = patches.find_png_files(
         [tmp_path / "b", tmp_path / "a.png", tmp_path / "b" / "2.png", tmp_path / "nope"]
     )
     relative = [f.relative_to(tmp_path).as_posix() for f in files]
@@ -103,7 +102,7 @@ def test_load_patch_pads_border_patches_with_white(synthetic_folder, synthetic_p
     border = np.nonzero(synthetic_patches["height"] < 50)[0][0]
     name = str(synthetic_patches["file_name"][border])
     path = next(synthetic_folder.rglob(name))
-    patch = inference.load_patch(path)
+    patch = patches.load_patch(path)
     on_disk = np.asarray(Image.open(path))
     h, w = on_disk.shape[:2]
     assert (patch.height, patch.width) == (h, w) and h < 50
@@ -115,8 +114,8 @@ def test_load_patch_pads_border_patches_with_white(synthetic_folder, synthetic_p
 def test_load_patch_reports_corrupt_and_missing_files(tmp_path):
     corrupt = tmp_path / "broken.png"
     corrupt.write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    assert inference.load_patch(corrupt).error == "skipped_corrupt_png"
-    assert "unreadable file" in inference.load_patch(tmp_path / "gone.png").error
+    assert patches.load_patch(corrupt).error == "skipped_corrupt_png"
+    assert "unreadable file" in patches.load_patch(tmp_path / "gone.png").error
 
 
 # ----------------------------------------------------------------------------- predictions
@@ -200,7 +199,7 @@ def test_validation_threshold_is_the_one_training_recorded(tiny_run):
     )
     assert inference.resolve_threshold("0.3", tiny_run, step) == 0.3
     with pytest.raises(ValueError, match="no validation threshold for step"):
-        inference.validation_threshold(tiny_run, step + 1)
+        RunDirectory(tiny_run).validation_threshold(step + 1)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         inference.resolve_threshold("1.5", tiny_run, step)
 
@@ -221,7 +220,7 @@ def numpy_dihedral_view(images: np.ndarray, k: int) -> np.ndarray:
 
 
 def test_tta_is_the_mean_of_the_eight_dihedral_views(tiny_run, synthetic_patches):
-    config, model, _ = train.restore_for_inference(tiny_run)
+    config, model, _ = RunDirectory(tiny_run).restore_model()
     images = synthetic_patches["image"][:16]
     single = inference.Predictor(model, config.preprocess, batch_size=16, tta=False)
     tta = inference.Predictor(model, config.preprocess, batch_size=16, tta=True)

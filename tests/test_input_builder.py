@@ -11,13 +11,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from input_pipeline import dataset, kaggle_idc, synthetic
+from configs import default
+from input_pipeline import dataset, sources, synthetic
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _build_kaggle(data_dir: pathlib.Path, manual_dir: pathlib.Path):
-    config = dict(dataset="kaggle_idc", data_dir=str(data_dir), manual_dir=str(manual_dir))
+    config = default.data_config(
+        dataset="kaggle_idc", data_dir=str(data_dir), manual_dir=str(manual_dir)
+    )
     builder = dataset.prepare(config)
     return builder, dataset.load_table(builder)
 
@@ -142,8 +145,10 @@ def test_missing_download_says_what_where_and_how_to_avoid_it(tmp_path, make_emp
     manual = tmp_path / "manual"
     if make_empty:
         manual.mkdir()
-    config = dict(dataset="kaggle_idc", data_dir=str(tmp_path / "tfds"), manual_dir=str(manual))
-    with pytest.raises(kaggle_idc.ManualDownloadMissingError) as error:
+    config = default.data_config(
+        dataset="kaggle_idc", data_dir=str(tmp_path / "tfds"), manual_dir=str(manual)
+    )
+    with pytest.raises(sources.ManualDownloadMissingError) as error:
         dataset.load_dataset(config)
     message = str(error.value)
     assert "kaggle.com/datasets/paultimothymooney/breast-histopathology-images" in message
@@ -152,7 +157,7 @@ def test_missing_download_says_what_where_and_how_to_avoid_it(tmp_path, make_emp
 
 
 def test_auto_picks_synthetic_without_a_download(tmp_path):
-    config = dict(
+    config = default.data_config(
         dataset="auto",
         data_dir=str(tmp_path),
         manual_dir=str(tmp_path / "none"),
@@ -200,8 +205,9 @@ def test_builds_and_loads_without_tensorflow(tmp_path):
         except ImportError:
             pass
         import input_pipeline
-        ds = input_pipeline.load_dataset(dict(dataset="synthetic_idc", synthetic_size="tiny",
-                                              data_dir={str(tmp_path)!r}))
+        from configs import default
+        ds = input_pipeline.load_dataset(default.data_config(
+            dataset="synthetic_idc", synthetic_size="tiny", data_dir={str(tmp_path)!r}))
         batch = next(input_pipeline.iterate_batches(ds.train, global_batch_size=8))
         assert batch["image"].shape == (8, 50, 50, 3)
         assert sys.modules.get("tensorflow") is None

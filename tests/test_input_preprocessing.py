@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 
 import input_pipeline
+from configs import default
 from input_pipeline import preprocessing
 
-CONFIG = dict(
-    image_size=32, resize_method="bilinear", dihedral=False, hsv_jitter=0.0, hed_jitter=0.0
-)
+CONFIG = default.preprocess_config(image_size=32)
 
 
 @pytest.fixture(scope="module")
@@ -49,18 +48,20 @@ def test_preprocess_without_augmentation_scales_like_keras(images):
 
 def test_resize_keeps_constant_images_and_bilinear_matches_a_hand_computed_value():
     constant = np.full((2, 50, 50, 3), 200, np.uint8)
-    out = input_pipeline.preprocess(constant, dict(CONFIG, image_size=96), train=False)
+    out = input_pipeline.preprocess(constant, default.preprocess_config(image_size=96), train=False)
     assert out.shape == (2, 96, 96, 3)
     np.testing.assert_allclose(np.asarray(out), 200 / 127.5 - 1, atol=1e-5)
     # 2 -> 4 pixels, half-pixel centres: output pixel 1 sits at input 0.25 -> 0.75*a + 0.25*b.
     ramp = np.array([[0, 255]], np.uint8)[None, :, :, None].repeat(2, 1).repeat(3, -1)
     ramp = np.broadcast_to(ramp, (1, 2, 2, 3))
-    out = np.asarray(input_pipeline.preprocess(ramp, dict(CONFIG, image_size=4), train=False))
+    out = np.asarray(
+        input_pipeline.preprocess(ramp, default.preprocess_config(image_size=4), train=False)
+    )
     np.testing.assert_allclose((out[0, 0, :, 0] + 1) * 127.5, [0, 63.75, 191.25, 255], atol=1e-3)
 
 
 def test_training_dihedral_keeps_each_image_with_its_own_example(images):
-    config = dict(CONFIG, dihedral=True)
+    config = default.preprocess_config(image_size=32, dihedral=True)
     out = jax.jit(lambda x, k: input_pipeline.preprocess(x, config, train=True, rng=k))(
         images, jax.random.key(0)
     )
@@ -100,7 +101,7 @@ def test_hed_round_trip_and_zero_jitter_is_identity():
 
 
 def test_colour_jitter_changes_colours_but_stays_in_range(images):
-    config = dict(CONFIG, hsv_jitter=0.1, hed_jitter=0.05)
+    config = default.preprocess_config(image_size=32, hsv_jitter=0.1, hed_jitter=0.05)
     out = np.asarray(input_pipeline.preprocess(images, config, train=True, rng=jax.random.key(3)))
     assert np.all(out >= -1.0 - 1e-6) and np.all(out <= 1.0 + 1e-6)
     assert np.abs(out - (images / 127.5 - 1)).mean() > 0.01
@@ -110,4 +111,6 @@ def test_colour_jitter_changes_colours_but_stays_in_range(images):
 
 def test_training_augmentation_needs_a_key(images):
     with pytest.raises(ValueError, match="rng"):
-        input_pipeline.preprocess(images, dict(CONFIG, dihedral=True), train=True)
+        input_pipeline.preprocess(
+            images, default.preprocess_config(image_size=32, dihedral=True), train=True
+        )

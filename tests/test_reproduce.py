@@ -14,6 +14,7 @@ import reproduce
 from tests.commands import run_program
 from tests.test_inference import trained_tiny_workdir
 from tests.test_train import TINY_OVERRIDES, tiny_config
+from trainer import paper
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # Test accuracy written into each copied run: (model, split) -> accuracy.
@@ -27,7 +28,7 @@ PLANTED_TEST_ACCURACY = {
 
 def copy_run(source: pathlib.Path, workdir: pathlib.Path, model: str, split: str, **summary):
     """A copy of `source` relabelled as the run (model, split), with summary fields replaced."""
-    target = reproduce.run_directory(workdir, model, split)
+    target = paper.run_directory(workdir, model, split)
     shutil.copytree(source, target)
     data = json.loads((target / "summary.json").read_text())
     data.update(model=model, split=split, **summary)
@@ -40,8 +41,8 @@ def copy_run(source: pathlib.Path, workdir: pathlib.Path, model: str, split: str
 
 
 def four_copies(source, workdir, **summary):
-    for model in reproduce.MODELS:
-        for split in reproduce.SPLITS:
+    for model in paper.MODELS:
+        for split in paper.SPLITS:
             copy_run(source, workdir, model, split, **summary)
 
 
@@ -76,7 +77,7 @@ def test_table1_has_every_column_filled_and_the_papers_numbers(report_only_run):
     rows = table(report, "Model")
     assert len(rows) == 4
     for row in rows:
-        assert len(row) == len(reproduce.TABLE1_HEADER)
+        assert len(row) == len(paper.TABLE1_HEADER)
         assert all(cell and cell != "n/a" for cell in row), row
     by_model = {(row[0], row[1]): row for row in rows}
     v1 = by_model["MobileNetV1", "random patch (paper)"]
@@ -97,7 +98,7 @@ def table_after(report: str, heading: str) -> list[list[str]]:
 def test_leakage_table_subtracts_patient_from_random_patch(report_only_run):
     _, report = report_only_run
     leakage = table_after(report, "## Leakage study")
-    assert len(leakage) == 2 * len(reproduce.LEAKAGE_METRICS)
+    assert len(leakage) == 2 * len(paper.LEAKAGE_METRICS)
     assert all(cell for row in leakage for cell in row)
     accuracy = {row[0]: row for row in leakage if row[1] == "accuracy"}
     assert accuracy["MobileNetV1"][2:] == ["0.910", "0.840", "+0.070"]
@@ -114,24 +115,24 @@ def test_figures_and_synthetic_stamp(report_only_run):
 
 def test_real_data_report_carries_no_synthetic_stamp(tiny_run, tmp_path):
     four_copies(tiny_run, tmp_path, synthetic=False, dataset="kaggle_idc")
-    report = reproduce.write_report(tmp_path).read_text()
+    report = paper.write_report(tmp_path).read_text()
     assert "SYNTHETIC" not in report
 
 
 def test_missing_run_is_named(tiny_run, tmp_path):
     four_copies(tiny_run, tmp_path)
-    shutil.rmtree(reproduce.run_directory(tmp_path, "mobilenet_v2", "patient"))
+    shutil.rmtree(paper.run_directory(tmp_path, "mobilenet_v2", "patient"))
     with pytest.raises(FileNotFoundError, match="mobilenet_v2_patient"):
-        reproduce.load_runs(tmp_path)
+        paper.load_runs(tmp_path)
 
 
 def test_a_run_in_the_wrong_directory_is_refused(tiny_run, tmp_path):
     four_copies(tiny_run, tmp_path)
-    summary_path = reproduce.run_directory(tmp_path, "mobilenet_v2", "patient") / "summary.json"
+    summary_path = paper.run_directory(tmp_path, "mobilenet_v2", "patient") / "summary.json"
     summary = json.loads(summary_path.read_text())
     summary_path.write_text(json.dumps({**summary, "model": "mobilenet_v1"}))
     with pytest.raises(ValueError, match="not 'mobilenet_v2'"):
-        reproduce.load_runs(tmp_path)
+        paper.load_runs(tmp_path)
 
 
 def test_run_all_trains_only_the_unfinished_run(tiny_run, tmp_path):
@@ -145,12 +146,12 @@ def test_run_all_trains_only_the_unfinished_run(tiny_run, tmp_path):
     reproduce.run_all(base, tmp_path)
     after = {name: (tmp_path / name / "summary.json").stat().st_mtime_ns for name in before}
     assert after == before, "finished runs must be skipped"
-    trained = reproduce.run_directory(tmp_path, "mobilenet_v1", "random_patch")
+    trained = paper.run_directory(tmp_path, "mobilenet_v1", "random_patch")
     summary = json.loads((trained / "summary.json").read_text())
     assert summary["model"] == "mobilenet_v1"
     assert json.loads((trained / "config.json").read_text())["data"]["split"] == "random_patch"
     assert base.data.split == "patient", "the base config must not be modified"
-    assert reproduce.load_runs(tmp_path).keys() == PLANTED_TEST_ACCURACY.keys()
+    assert paper.load_runs(tmp_path).keys() == PLANTED_TEST_ACCURACY.keys()
 
 
 @pytest.mark.heavy
@@ -165,8 +166,8 @@ def test_reproduce_command_trains_four_runs_and_writes_the_report(tmp_path):
         timeout=900,
     )
     assert result.returncode == 0, result.stderr
-    runs = reproduce.load_runs(tmp_path)
-    assert {run.summary["model"] for run in runs.values()} == set(reproduce.MODELS)
+    runs = paper.load_runs(tmp_path)
+    assert {run.summary["model"] for run in runs.values()} == set(paper.MODELS)
     report = (tmp_path / "report.md").read_text()
     rows = table(report, "Model")
     assert len(rows) == 4 and all(cell and cell != "n/a" for row in rows for cell in row)

@@ -116,10 +116,6 @@ class Checkpointer:
         )
         return _data_to_keys(restored["state"], abstract_state), dict(restored["meta"])
 
-    def restore_meta(self, step: int) -> dict:
-        restored = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-        return dict(restored["meta"])
-
     def wait(self) -> None:
         self.manager.wait_until_finished()
 

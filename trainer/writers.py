@@ -1,4 +1,4 @@
-"""Logging and output files of a training run.
+"""What a run logs: scalars to clu / the console and metrics.jsonl, and its curves.
 
 clu's `metric_writers` and `periodic_actions` import TensorFlow, which GPU images often lack.
 With TensorFlow the run logs through clu (TensorBoard + console); without it, to the console
@@ -60,9 +60,6 @@ class JsonlWriter:
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
 
-    def write_hparams(self, hparams: Mapping) -> None:
-        del hparams  # The resolved config is written to config.json instead.
-
     def flush(self) -> None:
         pass
 
@@ -74,9 +71,6 @@ class _ConsoleWriter:
     def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
         text = ", ".join(f"{k}={_format(v)}" for k, v in scalars.items())
         logging.info("[%d] %s", step, text)
-
-    def write_hparams(self, hparams: Mapping) -> None:
-        logging.info("hparams: %s", dict(hparams))
 
     def flush(self) -> None:
         pass
@@ -90,17 +84,22 @@ def _format(value) -> str:
 
 
 class MetricWriter:
-    """Fans scalars out to clu's default writer (or the console) and to `metrics.jsonl`."""
+    """Fans scalars out to clu's default writer (or the console) and to a JSON-lines file.
 
-    def __init__(self, workdir: pathlib.Path, *, is_main_process: bool = True):
-        self.jsonl = JsonlWriter(pathlib.Path(workdir) / "metrics.jsonl")
+    `logdir` receives the TensorBoard events, `jsonl_path` every scalar.
+    """
+
+    def __init__(
+        self, logdir: pathlib.Path, jsonl_path: pathlib.Path, *, is_main_process: bool = True
+    ):
+        self.jsonl = JsonlWriter(jsonl_path)
         self._writers: list = []
         if not is_main_process:
             return
         if tensorflow_available():
             from clu import metric_writers
 
-            self._writers.append(metric_writers.create_default_writer(str(workdir)))
+            self._writers.append(metric_writers.create_default_writer(str(logdir)))
         else:
             logging.warning(
                 "TensorFlow is not installed: TensorBoard logging is off; metrics go to the "
@@ -114,10 +113,6 @@ class MetricWriter:
         scalars = {k: float(v) if np.ndim(v) == 0 else v for k, v in scalars.items()}
         for writer in self._writers:
             writer.write_scalars(step, scalars)
-
-    def write_hparams(self, hparams: Mapping) -> None:
-        for writer in self._writers:
-            writer.write_hparams(hparams)
 
     def flush(self) -> None:
         for writer in self._writers:

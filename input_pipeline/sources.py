@@ -1,0 +1,131 @@
+"""Where the Kaggle IDC patches come from: the manual download, found and listed (no TFDS).
+
+The set (Janowczyk & Madabhushi 2016; Cruz-Roa et al. 2014; CC0) holds 277,524 RGB patches of
+279 patients as `<patient>/<0|1>/<patient>_idx5_x<X>_y<Y>_class<C>.png`. Kaggle needs a login, so
+the user downloads it and puts the zip (or the extracted folder) in the manual directory.
+`scan` lists the patches of a source and counts every file it skips, so that nothing is dropped
+silently.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import os
+import pathlib
+import zipfile
+from collections.abc import Iterator
+
+from input_pipeline.patches import FILE_NAME_PATTERN, Counts
+
+KAGGLE_URL = "https://www.kaggle.com/datasets/paultimothymooney/breast-histopathology-images"
+# Names the archive has: from the browser, from the Kaggle CLI, and the original release.
+KNOWN_ZIP_NAMES = ("archive.zip", "breast-histopathology-images.zip", "IDC_regular_ps50_idx5.zip")
+
+
+class ManualDownloadMissingError(FileNotFoundError):
+    """The Kaggle download is not in the manual directory."""
+
+
+def missing_download_message(manual_dir: str | os.PathLike) -> str:
+    return (
+        f"The Kaggle IDC data set was not found in the manual directory {manual_dir}.\n"
+        f"  1. Download it (free Kaggle login) from {KAGGLE_URL}\n"
+        f"     (browser: archive.zip; CLI: `kaggle datasets download "
+        f"paultimothymooney/breast-histopathology-images`).\n"
+        f"  2. Put the zip, or the extracted folder of patient folders, in {manual_dir}\n"
+        f"     (or pass --config.data.manual_dir=<where it is>).\n"
+        f"To run on the synthetic twin instead, which needs no download:\n"
+        f"  {SYNTHETIC_COMMAND}"
+    )
+
+
+SYNTHETIC_COMMAND = (
+    "python main.py --config=configs/v1.py --workdir=/tmp/idc_v1"
+    " --config.data.dataset=synthetic_idc"
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Entry:
+    """One patch file found: where to read it from and what its name says."""
+
+    source: str  # path of the file, or path of the zip
+    member: str | None  # name inside the zip, None for a plain file
+    patient: int
+    x: int
+    y: int
+    label: int
+    file_name: str
+
+
+def find_sources(manual_dir: pathlib.Path) -> list[pathlib.Path]:
+    """The zips (known names first) or, when there is none, the folder itself."""
+    if not manual_dir.is_dir():
+        return []
+    zips = sorted(manual_dir.glob("*.zip"), key=lambda p: (p.name not in KNOWN_ZIP_NAMES, p.name))
+    if zips:
+        return zips[:1]  # the three known zips hold the same patches: read one
+    if any(p.suffix.lower() == ".png" for p in manual_dir.rglob("*")):
+        return [manual_dir]
+    return []
+
+
+def _list_files(source: pathlib.Path) -> Iterator[tuple[str | None, str, bool]]:
+    """Yields (zip member or None, relative path with '/', is_directory) for every entry."""
+    if source.suffix.lower() == ".zip":
+        with zipfile.ZipFile(source) as archive:
+            for info in archive.infolist():
+                yield info.filename, info.filename.rstrip("/"), info.is_dir()
+        return
+    for root, dirs, files in os.walk(source):
+        rel_root = pathlib.Path(root).relative_to(source)
+        for name in sorted(dirs):
+            yield None, (rel_root / name).as_posix(), True
+        for name in sorted(files):
+            yield None, (rel_root / name).as_posix(), False
+
+
+def scan(source: pathlib.Path, report: Counts) -> list[_Entry]:
+    """Lists the patch files of one source, deduplicated, counting everything it skips.
+
+    The Kaggle zip holds every patient folder twice (at the top level and again under
+    `IDC_regular_ps50_idx5/`); a patch is identified by (patient, file name) and counted once.
+    """
+    entries: dict[tuple[int, str], _Entry] = {}
+    class_folders: dict[int, set[str]] = collections.defaultdict(set)
+    nonempty_class_folders: dict[int, set[str]] = collections.defaultdict(set)
+    for member, rel_path, is_dir in _list_files(source):
+        parts = rel_path.split("/")
+        if is_dir:
+            if len(parts) >= 2 and parts[-2].isdigit() and parts[-1] in ("0", "1"):
+                class_folders[int(parts[-2])].add(parts[-1])
+            continue
+        name = parts[-1]
+        if not name.lower().endswith(".png"):
+            report.add("skipped_stray_file")  # .DS_Store, Thumbs.db, README, ...
+            continue
+        report.add("png_files_found")
+        match = FILE_NAME_PATTERN.match(name)
+        if match is None:
+            report.add("skipped_unparsable_name")
+            continue
+        patient, x, y, label = (int(g) for g in match.groups())
+        folder_class = parts[-2] if len(parts) >= 2 else None
+        folder_patient = parts[-3] if len(parts) >= 3 else None
+        if folder_class != str(label) or folder_patient != str(patient):
+            report.add("skipped_folder_disagrees_with_name")
+            continue
+        class_folders[patient].add(folder_class)
+        nonempty_class_folders[patient].add(folder_class)
+        key = (patient, name)
+        if key in entries:
+            report.add("duplicate_copies_ignored")  # the zip's nested second copy
+            continue
+        path = str(source if member is not None else source / rel_path)
+        entries[key] = _Entry(path, member, patient, x, y, label, name)
+    for patient in sorted(set(class_folders) | set(nonempty_class_folders)):
+        missing_or_empty = {"0", "1"} - nonempty_class_folders[patient]
+        report.add("class_folders_missing_or_empty", len(missing_or_empty))
+    report.add("patients", len({e.patient for e in entries.values()}))
+    return [entries[k] for k in sorted(entries)]

@@ -1,0 +1,75 @@
+"""The repository's layering: imports run programs -> trainer -> mobilenets, input_pipeline.
+
+Checked on the source (every import statement, also those inside functions) and by importing the
+programs with tensorflow_datasets blocked: inference and start-up never need TFDS.
+"""
+
+import ast
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+PROGRAMS = ("main", "predict", "heatmap", "reproduce")
+# package -> the top-level names it may import from this repository
+ALLOWED = {
+    "mobilenets": {"mobilenets"},
+    "input_pipeline": {"input_pipeline"},
+    "configs": {"configs"},
+    "trainer": {"trainer", "mobilenets", "input_pipeline"},
+}
+# The definitions a reader learns from never reach the speed path.
+DEFINITIONS = ("mobilenets/layers.py", "mobilenets/mobilenet_v1.py", "mobilenets/mobilenet_v2.py")
+LOCAL_NAMES = {*ALLOWED, *PROGRAMS, "tests", "benchmarks"}
+
+
+def imported_modules(path: pathlib.Path) -> set[str]:
+    modules = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            modules.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            modules.add(node.module)
+            modules.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return modules
+
+
+@pytest.mark.parametrize("package", sorted(ALLOWED))
+def test_packages_import_only_downwards(package):
+    for path in sorted((REPO / package).rglob("*.py")):
+        local = {m.split(".")[0] for m in imported_modules(path)} & LOCAL_NAMES
+        assert local <= ALLOWED[package], f"{path.relative_to(REPO)} imports {local}"
+
+
+@pytest.mark.parametrize("definition", DEFINITIONS)
+def test_definition_modules_never_import_the_cpu_path(definition):
+    modules = imported_modules(REPO / definition)
+    assert not any(m.startswith("mobilenets.cpu") for m in modules), modules
+
+
+def test_programs_import_without_tensorflow_datasets():
+    script = textwrap.dedent(
+        f"""
+        import importlib.abc, sys
+        sys.path.insert(0, {str(REPO)!r})
+
+        class Blocked(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("tensorflow_datasets", "tensorflow"):
+                    raise ImportError(f"{{name}} is blocked in this test")
+
+        sys.meta_path.insert(0, Blocked())
+        import main, predict, heatmap, reproduce
+        import trainer.inference, trainer.slides
+        import input_pipeline
+        print("OK")
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().endswith("OK")

@@ -1,0 +1,418 @@
+"""The training run: `train_and_evaluate(config, workdir)`, resumable at any step.
+
+Per epoch: the jitted train steps over the shuffled training split, then an evaluation on
+validation (optionally after precise-BN recalibration) whose metrics go to history.csv, the
+curves and a checkpoint. At the end: test metrics at 0.5 and at the threshold tuned on
+validation, written to summary.json. A run killed at any moment resumes from its newest
+checkpoint and ends with the same files as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+import math
+import time
+from collections.abc import Iterator
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from clu import parameter_overview
+from jax.experimental import multihost_utils
+
+import input_pipeline
+import mobilenets
+from trainer import evaluate, metrics, steps, writers
+from trainer import state as state_lib
+from trainer.checkpoints import BEST_METRIC, Checkpointer
+from trainer.rundir import RunDirectory
+from trainer.sharding import Sharding, replicated_to_host
+from trainer.state import TrainState
+
+
+def compile_steps(
+    config: ml_collections.ConfigDict,
+    *,
+    train_graph,
+    eval_graph,
+    tx,
+    weights_per_class: np.ndarray,
+    sharding: Sharding,
+):
+    """The jitted train step (state donated) and eval step, with explicit shardings."""
+    jit_train_step = jax.jit(
+        functools.partial(
+            steps.train_step,
+            graphdef=train_graph,
+            tx=tx,
+            preprocess_config=config.preprocess,
+            label_smoothing=config.label_smoothing,
+            weights_per_class=jnp.asarray(weights_per_class),
+            augment_seed=config.seed,
+        ),
+        in_shardings=(sharding.replicated, sharding.batch),
+        out_shardings=sharding.replicated,
+        donate_argnums=0,
+    )
+    jit_eval_step = jax.jit(
+        functools.partial(
+            steps.eval_step, graphdef=eval_graph, preprocess_config=config.preprocess
+        ),
+        in_shardings=(sharding.replicated, sharding.batch),
+        out_shardings=sharding.batch,
+    )
+    return jit_train_step, jit_eval_step
+
+
+def load_dataset_once(data_config: ml_collections.ConfigDict):
+    """Loads the data set; with several processes, process 0 builds and caches it first."""
+    if jax.process_count() == 1:
+        return input_pipeline.load_dataset(data_config)
+    dataset = input_pipeline.load_dataset(data_config) if jax.process_index() == 0 else None
+    multihost_utils.sync_global_devices("dataset prepared by process 0")
+    if dataset is None:
+        dataset = input_pipeline.load_dataset(data_config)
+    return dataset
+
+
+def epoch_metrics_on_host(state: TrainState) -> dict[str, float]:
+    values = replicated_to_host(state.epoch_metrics)
+    return {k: float(v) for k, v in values.compute().items()}
+
+
+def check_finite(state: TrainState) -> None:
+    nonfinite_step = int(replicated_to_host(state.nonfinite_step))
+    if nonfinite_step >= 0:
+        raise FloatingPointError(
+            f"the training loss became NaN or Inf at step {nonfinite_step}; the run stopped and "
+            "its last checkpoint (taken before that step) is intact. Lower config.learning_rate "
+            "or check the input data."
+        )
+
+
+def dataset_description(dataset) -> dict:
+    info = dataset.info.to_dict()
+    return {
+        "dataset": info["name"],
+        "synthetic": bool(dataset.info.synthetic),
+        "split": info["split_protocol"],
+        "info": info,
+    }
+
+
+def log_data_banner(dataset) -> None:
+    if dataset.info.synthetic:
+        logging.warning(
+            "\n" + "=" * 78 + "\n"
+            "  SYNTHETIC DATA: the Kaggle IDC set was not found, so this run trains on the\n"
+            "  procedural synthetic twin (synthetic_idc). Its numbers say nothing about real\n"
+            "  histopathology. README, 'Using the real Kaggle data', says how to get the set.\n"
+            + "=" * 78
+        )
+    for note in dataset.info.notes:
+        logging.warning("data: %s", note)
+
+
+@dataclasses.dataclass
+class RunContext:
+    """What `train_and_evaluate` sets up once: data, steps, outputs."""
+
+    config: ml_collections.ConfigDict
+    rundir: RunDirectory
+    dataset: input_pipeline.Dataset
+    steps_per_epoch: int
+    sharding: Sharding
+    is_main_process: bool
+    checkpointer: Checkpointer
+    writer: writers.MetricWriter
+    jit_train_step: object
+    jit_eval_step: object
+    recalibrate_batch_stats: evaluate.BatchNormRecalibration | None
+
+    def epoch_batches(self, epoch: int, start_batch: int) -> Iterator[dict[str, np.ndarray]]:
+        return input_pipeline.iterate_batches(
+            self.dataset.train,
+            global_batch_size=self.config.global_batch_size,
+            seed=self.config.seed,
+            epoch=epoch,
+            shuffle=True,
+            drop_remainder=True,
+            start_batch=start_batch,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+            balanced=self.config.data.balanced_sampling,
+        )
+
+
+def _progress_bar(iterable, total: int, enabled: bool, description: str):
+    if not enabled:
+        return iterable
+    from tqdm import tqdm
+
+    return tqdm(iterable, total=total, desc=description, mininterval=5.0, leave=False)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Trains for config.num_epochs, evaluating every epoch; resumes from `workdir` if possible.
+
+    Returns the summary that is also written to `workdir/summary.json`.
+    """
+    wall_start = time.time()
+    rundir = RunDirectory(workdir)
+    is_main_process = jax.process_index() == 0
+    if is_main_process:
+        rundir.create()
+
+    dataset = load_dataset_once(config.data)
+    log_data_banner(dataset)
+    sharding = Sharding.over_all_devices()
+    sharding.check_batch_size(config.global_batch_size, "config.global_batch_size")
+    sharding.check_batch_size(config.eval_batch_size, "config.eval_batch_size")
+    steps_per_epoch = input_pipeline.num_batches(
+        len(dataset.train), config.global_batch_size, drop_remainder=True
+    )
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"the training split has {len(dataset.train)} examples, fewer than one batch of "
+            f"{config.global_batch_size}; lower config.global_batch_size"
+        )
+
+    tx = state_lib.create_optimizer(config, steps_per_epoch)
+    state, train_graph, eval_graph = state_lib.create_train_state(
+        config, tx, sharding.replicated
+    )
+    jit_train_step, jit_eval_step = compile_steps(
+        config,
+        train_graph=train_graph,
+        eval_graph=eval_graph,
+        tx=tx,
+        weights_per_class=state_lib.class_weights(config, dataset.train.label),
+        sharding=sharding,
+    )
+    context = RunContext(
+        config=config,
+        rundir=rundir,
+        dataset=dataset,
+        steps_per_epoch=steps_per_epoch,
+        sharding=sharding,
+        is_main_process=is_main_process,
+        checkpointer=rundir.checkpointer(config.keep_checkpoints),
+        writer=writers.MetricWriter(
+            rundir.path, rundir.metrics_file, is_main_process=is_main_process
+        ),
+        jit_train_step=jit_train_step,
+        jit_eval_step=jit_eval_step,
+        recalibrate_batch_stats=(
+            evaluate.BatchNormRecalibration(config, sharding)
+            if config.bn_recalibration_batches > 0
+            else None
+        ),
+    )
+    state, meta = _start_or_resume(context, state)
+    state, meta = _train_epochs(context, state, meta, config.num_epochs * steps_per_epoch)
+    summary = _final_evaluation(context, state, meta)
+    summary["wall_time_s"] = time.time() - wall_start  # of this invocation (resumes restart it)
+    if is_main_process:
+        rundir.write_summary(summary)
+    context.checkpointer.wait()
+    context.checkpointer.close()
+    context.writer.close()
+    return summary
+
+
+def _start_or_resume(context: RunContext, state: TrainState) -> tuple[TrainState, dict]:
+    """The newest checkpoint's state and record, or the initial ones (config.json written)."""
+    config, sharding = context.config, context.sharding
+    meta = {"history": [], "data": dataset_description(context.dataset), "images_per_second": []}
+    latest = context.checkpointer.latest_step()
+    if latest is not None:
+        abstract_state = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding.replicated), state
+        )
+        state, meta = context.checkpointer.restore(latest, abstract_state)
+        if context.is_main_process:
+            context.writer.jsonl.truncate_after(latest)
+        logging.info("Resumed from %s at step %d.", context.checkpointer.directory, latest)
+        return state, meta
+    if context.is_main_process:
+        profile = _profile(config)
+        context.rundir.write_config(config)
+        parameter_overview.log_parameter_overview(state.params.to_pure_dict())
+        logging.info(
+            "%s alpha=%s at %d px: %s trainable parameters, %s multiply-adds per image.",
+            config.model.name,
+            config.model.alpha,
+            config.preprocess.image_size,
+            f"{profile.params:,}",
+            f"{profile.macs:,}",
+        )
+        context.writer.write_scalars(
+            0, {"synthetic_data": float(meta["data"]["synthetic"]), "devices": jax.device_count()}
+        )
+    return state, meta
+
+
+def _profile(config: ml_collections.ConfigDict) -> mobilenets.Profile:
+    return mobilenets.profile(
+        config.model.name,
+        alpha=config.model.alpha,
+        image_size=config.preprocess.image_size,
+        num_classes=state_lib.NUM_CLASSES,
+    )
+
+
+def _train_epochs(
+    context: RunContext, state: TrainState, meta: dict, num_train_steps: int
+) -> tuple[TrainState, dict]:
+    config, spe = context.config, context.steps_per_epoch
+    step = int(replicated_to_host(state.step))
+    progress = writers.ProgressReporter(num_train_steps, context.writer, config.log_every_steps)
+    jit_reset_epoch_metrics = jax.jit(
+        state_lib.reset_epoch_metrics,
+        out_shardings=context.sharding.replicated,
+        donate_argnums=0,
+    )
+    while step < num_train_steps:
+        epoch, start_batch = divmod(step, spe)
+        if start_batch == 0:
+            state = jit_reset_epoch_metrics(state)
+        timed_steps, timer_start = 0, None
+        batches = _progress_bar(
+            context.epoch_batches(epoch, start_batch),
+            total=spe - start_batch,
+            enabled=config.progress_bar and context.is_main_process,
+            description=f"epoch {epoch + 1}/{config.num_epochs}",
+        )
+        for local_batch in batches:
+            batch = context.sharding.put_batch({k: local_batch[k] for k in steps.BATCH_KEYS})
+            state = context.jit_train_step(state, batch)
+            step += 1
+            if timer_start is None:
+                # The first step of a (re)started epoch may include compilation: not timed.
+                jax.block_until_ready(state.step)
+                timer_start = time.perf_counter()
+            else:
+                timed_steps += 1
+            progress(step)
+            if step % config.log_every_steps == 0:
+                check_finite(state)
+                scalars = {f"train_{k}": v for k, v in epoch_metrics_on_host(state).items()}
+                context.writer.write_scalars(step, scalars)
+            if step % config.checkpoint_every_steps == 0 and step % spe:
+                check_finite(state)
+                context.checkpointer.save(step, state, meta)
+        jax.block_until_ready(state.step)
+        check_finite(state)
+        if timed_steps:
+            elapsed = time.perf_counter() - timer_start
+            meta["images_per_second"].append(timed_steps * config.global_batch_size / elapsed)
+        state, meta = _end_of_epoch(context, state, meta)
+    return state, meta
+
+
+def _end_of_epoch(context: RunContext, state: TrainState, meta: dict):
+    config = context.config
+    step = int(replicated_to_host(state.step))
+    epoch = step // context.steps_per_epoch
+    train_metrics = epoch_metrics_on_host(state)
+    if context.recalibrate_batch_stats is not None:
+        recalibration_batches = itertools.islice(
+            context.epoch_batches(epoch, start_batch=0), config.bn_recalibration_batches
+        )
+        state = context.recalibrate_batch_stats(state, recalibration_batches)
+    val_report, val_probabilities = evaluate.evaluate_split(
+        context.jit_eval_step, state, context.dataset.validation, config, context.sharding
+    )
+    tuned_threshold = metrics.best_threshold(context.dataset.validation.label, val_probabilities)
+    record = {
+        "epoch": epoch,
+        "step": step,
+        "train_loss": train_metrics["loss"],
+        "train_accuracy": train_metrics["accuracy"],
+        **{f"val_{k}": v for k, v in val_report.items()},
+        "val_tuned_threshold": tuned_threshold,
+        "dataset": meta["data"]["dataset"],
+        "synthetic": meta["data"]["synthetic"],
+    }
+    meta["history"].append(record)
+    context.writer.write_scalars(
+        step, {k: v for k, v in record.items() if isinstance(v, int | float)}
+    )
+    context.writer.flush()
+    if context.is_main_process:
+        context.rundir.write_history(meta["history"], _plot_title(config, meta))
+    context.checkpointer.save(
+        step, state, meta, metrics={BEST_METRIC: record["val_balanced_accuracy"]}
+    )
+    logging.info(
+        "epoch %d: train acc %.4f, val acc %.4f (majority %.4f), val balanced acc %.4f, "
+        "val ROC AUC %.4f",
+        epoch,
+        record["train_accuracy"],
+        record["val_accuracy"],
+        record["val_majority_baseline"],
+        record["val_balanced_accuracy"],
+        record["val_roc_auc"],
+    )
+    return state, meta
+
+
+def _plot_title(config, meta) -> str:
+    data = meta["data"]
+    stamp = " [SYNTHETIC DATA]" if data["synthetic"] else ""
+    model = f"{config.model.name} alpha={config.model.alpha}"
+    return f"{model}, {data['dataset']}, split={data['split']}{stamp}"
+
+
+def _final_evaluation(context: RunContext, state: TrainState, meta: dict) -> dict:
+    """Test metrics of the final model at 0.5 and at the threshold chosen on validation."""
+    config = context.config
+    step = int(replicated_to_host(state.step))
+    history = meta["history"]
+    threshold = history[-1]["val_tuned_threshold"] if history else 0.5
+    test_report, test_probabilities = evaluate.evaluate_split(
+        context.jit_eval_step, state, context.dataset.test, config, context.sharding
+    )
+    tuned = metrics.full_report(
+        context.dataset.test.label,
+        test_probabilities,
+        context.dataset.test.patient,
+        threshold=threshold,
+    )
+    context.writer.write_scalars(
+        step, {f"test_{k}": v for k, v in test_report.items() if isinstance(v, int | float)}
+    )
+    profile = _profile(config)
+    images_per_second = meta.get("images_per_second", [])
+    last = history[-1] if history else {}
+    return {
+        "model": config.model.name,
+        "alpha": config.model.alpha,
+        "image_size": config.preprocess.image_size,
+        **{k: v for k, v in meta["data"].items() if k != "info"},
+        "data_info": meta["data"].get("info", {}),
+        "num_epochs": config.num_epochs,
+        "steps": step,
+        "devices": jax.device_count(),
+        "processes": jax.process_count(),
+        "backend": jax.default_backend(),
+        "compute_dtype": str(jnp.dtype(state_lib.compute_dtype(config))),
+        "trainable_parameters": profile.params,
+        "batch_norm_statistics": profile.batch_stats,
+        "multiply_adds_per_image": profile.macs,
+        "train_images_per_second": (
+            float(np.median(images_per_second)) if images_per_second else math.nan
+        ),
+        "best_step": context.checkpointer.best_step(),
+        "final_train": {
+            "loss": last.get("train_loss", math.nan),
+            "accuracy": last.get("train_accuracy", math.nan),
+        },
+        "final_validation": {k[len("val_") :]: v for k, v in last.items() if k.startswith("val_")},
+        "test": test_report,
+        "test_at_validation_threshold": tuned,
+    }
