@@ -26,7 +26,6 @@ checkpoint. Then <workdir>/report.md is written with
 - the leakage study: test metrics under the patch-level split next to the patient-level split.
   Neighbouring patches of one slide look alike, so a patch-level split tests on near-copies of
   training patches; the difference measures how much that inflates the paper's protocol.
-Results on the synthetic twin (the default without the Kaggle download) are stamped as such.
 """
 
 from __future__ import annotations

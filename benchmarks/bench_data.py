@@ -1,19 +1,21 @@
-"""The in-memory synthetic patch set that both benchmark scripts feed (numpy only).
+"""The in-memory patch set both benchmark scripts feed: the real sample, tiled (numpy + PIL).
 
-`input_pipeline.synthetic` paints about 500 patches/s on one core, so painting the Kaggle set's
-277,524 would take ten minutes. Step times do not depend on pixel values, so the benchmarks paint
-a few thousand and tile them; `synthetic_split` returns a note saying so for the results.
+Step times do not depend on pixel values, so to reach the Kaggle set's 277,524 patches the
+benchmarks decode the real patches shipped in data/idc_sample (or the first `base_patches` of
+them) and tile them; `sample_split` returns a note saying so for the results.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 
 import numpy as np
 
-from input_pipeline import synthetic
+from input_pipeline.patches import find_png_files, load_patches, parse_patch_name
+from input_pipeline.sources import EMBEDDED_SAMPLE
+
+KAGGLE_NUM_PATCHES = 277_524
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,46 +33,32 @@ class InMemorySplit:
         return InMemorySplit(self.image[:num], self.label[:num])
 
 
-def painted_patches(num: int, seed: int = 0, cache: str | None = None) -> tuple[dict, float]:
-    """(`num` synthetic patches {"image", "label"}, seconds it took to paint them).
-
-    With `cache` (an .npz path), patches painted by an earlier process with the same `num` and
-    `seed` are read from it instead, and newly painted ones are written to it; run_all.sh uses it
-    so that its several benchmark processes paint once.
-    """
-    if cache and os.path.exists(cache):
-        with np.load(cache) as saved:
-            if len(saved["label"]) == num and int(saved["seed"]) == seed:
-                return {"image": saved["image"], "label": saved["label"]}, float(saved["seconds"])
-    # At least 20 patches per patient (the generator's rule); at most the real 279 patients.
-    num_patients = max(1, min(synthetic.REAL_NUM_PATIENTS, num // 100))
+def sample_patches(limit: int | None = None) -> tuple[dict[str, np.ndarray], float]:
+    """({"image", "label"} of the first `limit` sample patches (all by default), seconds)."""
+    files, _ = find_png_files([EMBEDDED_SAMPLE])
+    files = files[:limit]
     start = time.perf_counter()
-    base = synthetic.generate(num_patients, num, seed=seed)
+    images, labels = [], []
+    for path, patch in load_patches(files):
+        images.append(patch.image)
+        labels.append(parse_patch_name(path.name).label)
     seconds = time.perf_counter() - start
-    patches = {"image": base["image"], "label": base["label"]}
-    if cache:
-        np.savez(cache, seed=seed, seconds=seconds, **patches)
-    return patches, seconds
+    return {"image": np.stack(images), "label": np.asarray(labels, np.int32)}, seconds
 
 
-def synthetic_split(
-    num_images: int, base_patches: int, seed: int = 0, cache: str | None = None
-) -> tuple[InMemorySplit, str]:
-    """`num_images` patches of the synthetic twin: `base_patches` painted, then tiled.
+def sample_split(num_images: int, base_patches: int | None = None) -> tuple[InMemorySplit, str]:
+    """`num_images` patches: the sample's first `base_patches` (all by default), tiled.
 
     Returns the split and a note that says how it was made.
     """
-    # The generator draws at least 20 patches per patient: paint no fewer, keep `num_images`.
-    base_patches = max(20, min(base_patches, num_images))
-    base, seconds = painted_patches(base_patches, seed, cache)
-    rows = np.arange(num_images) % base_patches
+    base, seconds = sample_patches(base_patches)
+    count = len(base["label"])
+    rows = np.arange(num_images) % count
     split = InMemorySplit(np.take(base["image"], rows, axis=0), base["label"][rows])
-    note = f"{num_images:,} synthetic patches held in memory"
-    if num_images > base_patches:
-        full_minutes = num_images / (base_patches / seconds) / 60
+    note = f"{num_images:,} patches held in memory"
+    if num_images > count:
         note += (
-            f": {base_patches:,} painted by input_pipeline.synthetic in {seconds:.1f} s and tiled "
-            f"x{num_images / base_patches:.1f} (painting all would take ~{full_minutes:.0f} min "
-            "on one core; step times do not depend on pixel values)"
+            f": {count:,} real patches of data/idc_sample (decoded in {seconds:.1f} s) tiled "
+            f"x{num_images / count:.1f}; step times do not depend on pixel values"
         )
     return split, note

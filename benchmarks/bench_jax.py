@@ -20,10 +20,10 @@ size and batch:
 - epoch s: a whole epoch of `--epoch_images` patches, feeding included, as `trainer/loop.py` loops.
 
 With `--paper_experiment` it instead times the paper's whole experiment: 5 epochs each of
-MobileNetV1 and V2 over 277,524 synthetic patches held in memory (the Kaggle set's size), at the
-config's 96 px. The issue's goal: under 60 s of training on one H100/H200, feeding never the
-bottleneck. The set is `bench_data.synthetic_split`'s: a few thousand synthetic patches painted and
-tiled to 277,524 (painting all takes ten minutes; step times do not depend on pixel values).
+MobileNetV1 and V2 over 277,524 patches held in memory (the Kaggle set's size), at the config's
+96 px. The goal: under 60 s of training on one H100/H200, feeding never the bottleneck. The set is
+`bench_data.sample_split`'s: the real patches of data/idc_sample tiled to 277,524 (step times do
+not depend on pixel values).
 
     python benchmarks/bench_jax.py                      # GPU: 224/96/50 px, batch 256/1024/1024
     python benchmarks/bench_jax.py --sizes 50 96 --batches 64   # CPU figures of RESULTS.md
@@ -55,12 +55,12 @@ import compare  # noqa: E402
 import jax  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
-from bench_data import InMemorySplit, synthetic_split  # noqa: E402
+from bench_data import KAGGLE_NUM_PATCHES, InMemorySplit, sample_split  # noqa: E402
 
 import input_pipeline  # noqa: E402
 import mobilenets  # noqa: E402
 from configs import default  # noqa: E402
-from input_pipeline import synthetic  # noqa: E402
+from input_pipeline.patches import PATCH_SIZE  # noqa: E402
 from mobilenets.cpu import host_memory, kernels  # noqa: E402
 from trainer import loop  # noqa: E402
 from trainer import state as state_lib  # noqa: E402
@@ -178,7 +178,7 @@ def random_batch(
     batch_size: int, sharding: Sharding, rng: np.random.Generator
 ) -> dict[str, jax.Array]:
     """A training batch already on the device: uint8 50x50 patches, labels, a full mask."""
-    patch = synthetic.PATCH_SIZE
+    patch = PATCH_SIZE
     return sharding.put_batch(
         {
             "image": rng.integers(0, 256, (batch_size, patch, patch, 3), dtype=np.uint8),
@@ -399,7 +399,7 @@ def paper_experiment(
             }
         )
     train_s = sum(row["train_s"] for row in rows)
-    full_size = len(split) == synthetic.REAL_NUM_PATCHES and set(args.models) == set(MODELS)
+    full_size = len(split) == KAGGLE_NUM_PATCHES and set(args.models) == set(MODELS)
     summary = {
         "train_s": train_s,
         "wall_s": sum(row["wall_s"] for row in rows),
@@ -452,18 +452,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--epoch_images",
         type=int,
-        default=512 if on_cpu else synthetic.REAL_NUM_PATCHES,
+        default=512 if on_cpu else KAGGLE_NUM_PATCHES,
         help="patches in the timed whole epoch (0: skip it)",
     )
     parser.add_argument("--feed_batches", type=int, default=20 if on_cpu else 100)
     parser.add_argument(
         "--base_patches",
         type=int,
-        default=2048,
-        help="synthetic patches actually painted; the in-memory sets tile them",
+        default=None,
+        help="real sample patches decoded (default: all); the in-memory sets tile them",
     )
     parser.add_argument("--paper_experiment", action="store_true")
-    parser.add_argument("--paper_images", type=int, default=synthetic.REAL_NUM_PATCHES)
+    parser.add_argument("--paper_images", type=int, default=KAGGLE_NUM_PATCHES)
     parser.add_argument(
         "--paper_image_size", type=int, default=default.get_config().preprocess.image_size
     )
@@ -472,9 +472,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=int,
         default=64 if on_cpu else 1024,
         help="the paper gives none; the config's 64 leaves a GPU idle between steps",
-    )
-    parser.add_argument(
-        "--patches_cache", default=None, help="an .npz to keep the painted patches in (run_all)"
     )
     parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/...)")
     args = parser.parse_args(argv)
@@ -515,9 +512,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     host = compare.host_meta()  # at the start: the load average before the run
 
     if args.paper_experiment:
-        split, note = synthetic_split(
-            args.paper_images, args.base_patches, cache=args.patches_cache
-        )
+        split, note = sample_split(args.paper_images, args.base_patches)
         notes.append(note)
         rows, summary = paper_experiment(args, sharding, split)
         meta = run_meta(args, host, notes)
@@ -526,7 +521,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
 
     feed_split_size = max(args.epoch_images, max(args.batches) * args.feed_batches)
-    split, note = synthetic_split(feed_split_size, args.base_patches, cache=args.patches_cache)
+    split, note = sample_split(feed_split_size, args.base_patches)
     notes.append(note)
     epoch_split = split.head(args.epoch_images)
     feeding_by_batch = {

@@ -44,7 +44,7 @@ os.environ["JAX_PLATFORMS"] = "cpu"
 
 import compare  # noqa: E402
 import numpy as np  # noqa: E402
-from bench_data import synthetic_split  # noqa: E402
+from bench_data import KAGGLE_NUM_PATCHES, sample_split  # noqa: E402
 
 import input_pipeline  # noqa: E402
 from input_pipeline.patches import PATCH_SIZE  # noqa: E402
@@ -60,7 +60,6 @@ GPU_BATCH_FOR_SIZE = {224: 256, 96: 1024, 50: 1024}
 CPU_BATCH = 64
 NUM_CLASSES = 2
 LEARNING_RATE = 1e-4
-REAL_NUM_PATCHES = 277_524
 
 
 def library_model(name: str, alpha: float):
@@ -306,13 +305,12 @@ def parse_args(argv: Sequence[str] | None, on_gpu: bool) -> argparse.Namespace:
     parser.add_argument(
         "--epoch_images",
         type=int,
-        default=REAL_NUM_PATCHES if on_gpu else 512,
+        default=KAGGLE_NUM_PATCHES if on_gpu else 512,
         help="patches in the timed whole epoch (0: skip it)",
     )
     parser.add_argument("--feed_batches", type=int, default=100 if on_gpu else 20)
-    parser.add_argument("--base_patches", type=int, default=2048)
     parser.add_argument(
-        "--patches_cache", default=None, help="an .npz to keep the painted patches in (run_all)"
+        "--base_patches", type=int, default=None, help="real sample patches decoded (default all)"
     )
     parser.add_argument("--out", default=str(BENCH_DIR / "results" / "bench_torch.json"))
     args = parser.parse_args(argv)
@@ -345,7 +343,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         torch.backends.cudnn.benchmark = True  # autotuned convolution algorithms
 
     feed_split_size = max(args.epoch_images, max(args.batches) * args.feed_batches)
-    split, note = synthetic_split(feed_split_size, args.base_patches, cache=args.patches_cache)
+    split, note = sample_split(feed_split_size, args.base_patches)
     epoch_split = split.head(args.epoch_images) if args.epoch_images else None
     device = torch.device(args.device)
     feeding_by_batch = {

@@ -1,10 +1,12 @@
-"""Input-pipeline benchmark: synthetic generation, loading a prepared split, feeding rate.
+"""Input-pipeline benchmark: building and loading a prepared set, feeding rate.
 
-Usage: python benchmarks/input_pipeline_bench.py --size small [--data_dir /tmp/idc_bench_tfds]
+Usage: python benchmarks/input_pipeline_bench.py [--data_dir /tmp/idc_bench_tfds]
+       [--manual_dir ../shared/data/idc_subset]   # another Kaggle-layout source
 
-Prints one table. Issue targets: loading a prepared full-size split into memory under 60 s on
-2 cores; feeding 50x50 batches of 1024 at >= 200k images/s on one core.
-- generation: `synthetic.generate` patches/s (pure numpy, one process);
+Prints one table. Targets: loading a prepared full-size split into memory under 60 s on 2 cores;
+feeding 50x50 batches of 1024 at >= 200k images/s on one core. On the real sample shipped in
+data/idc_sample by default:
+- prepare: the TFDS build (scan, decode and check every PNG, write array_record), or nothing;
 - first load: TFDS build skipped if prepared; reading the array_record file and decoding every
   PNG (thread pool), then writing the .npy cache;
 - cached load: what every later run pays: the .npy cache plus the patient split into 3 arrays;
@@ -28,9 +30,9 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import input_pipeline  # noqa: E402
 from configs import default  # noqa: E402
-from input_pipeline import dataset, splits, synthetic  # noqa: E402
+from input_pipeline import dataset, splits  # noqa: E402
 
-REAL_SIZE = synthetic.REAL_NUM_PATCHES
+REAL_SIZE = 277_524  # patches of the Kaggle set
 
 
 def _timed(fn):
@@ -41,32 +43,21 @@ def _timed(fn):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", default="small", choices=sorted(synthetic.SIZES))
+    parser.add_argument("--manual_dir", default="", help="a Kaggle-layout source (default: sample)")
     parser.add_argument("--data_dir", default=os.path.join(tempfile.gettempdir(), "idc_bench_tfds"))
     parser.add_argument("--batch_size", type=int, default=1024)
     parser.add_argument("--feed_batches", type=int, default=200)
     args = parser.parse_args()
     rows: list[tuple[str, str, str]] = []
-    spec = synthetic.SIZES[args.size]
 
-    # 1. Synthetic generation rate (capped so that "full" does not take minutes here).
-    gen_patches = min(spec.num_patches, 20_000)
-    gen_patients = max(1, min(spec.num_patients, gen_patches // 100))
-    _, seconds = _timed(lambda: synthetic.generate(gen_patients, gen_patches, seed=1))
-    rate = gen_patches / seconds
-    rows.append(
-        (
-            "synthetic generation",
-            f"{rate:,.0f} patches/s",
-            f"{gen_patches} patches; full set extrapolated {REAL_SIZE / rate / 60:.1f} min",
-        )
-    )
-
-    # 2. Prepare (build if needed) and load.
+    # 1. Prepare (build if needed) and load.
     config = default.data_config(
-        dataset="synthetic_idc", synthetic_size=args.size, data_dir=args.data_dir
+        dataset="kaggle_idc" if args.manual_dir else "idc_sample",
+        manual_dir=args.manual_dir,
+        data_dir=args.data_dir,
     )
-    builder, seconds = _timed(lambda: dataset.prepare(config))
+    choice, seconds = _timed(lambda: dataset.prepare(config))
+    builder = choice.builder
     rows.append(("prepare (TFDS build or no-op)", f"{seconds:.1f} s", builder.data_dir))
     table, seconds = _timed(lambda: dataset.load_table(builder, use_cache=False))
     num = len(table["label"])
@@ -81,7 +72,7 @@ def main() -> None:
     _, seconds = _timed(lambda: input_pipeline.load_dataset(config))
     rows.append(("cached load + patient split", f"{seconds:.2f} s", f"{num} patches"))
 
-    # 3. Full-size cached reload, from a tiled 277,524-row .npy table.
+    # 2. Full-size cached reload, from a tiled 277,524-row .npy table.
     repeats = -(-REAL_SIZE // num)
     with tempfile.TemporaryDirectory(dir=args.data_dir) as tmp:
         tiled_image = np.lib.format.open_memmap(
@@ -117,7 +108,7 @@ def main() -> None:
         )
         train = parts[0]
 
-    # 4. Feeding rate on one core.
+    # 3. Feeding rate on one core.
     split = input_pipeline.Split(
         image=train,
         label=label[: len(train)],
@@ -148,7 +139,7 @@ def main() -> None:
 
     width = max(len(r[0]) for r in rows)
     value_width = max(len(r[1]) for r in rows)
-    print(f"\ninput pipeline benchmark (size={args.size}, {os.cpu_count()} CPU cores)")
+    print(f"\ninput pipeline benchmark ({choice.name}, {os.cpu_count()} CPU cores)")
     print(f"{'measure':<{width}}  {'value':>{value_width}}  notes")
     for name, value, note in rows:
         print(f"{name:<{width}}  {value:>{value_width}}  {note}")

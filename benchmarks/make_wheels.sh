@@ -5,13 +5,13 @@
 # That image (Python 3.12, x86-64) already holds jax (CUDA), flax, optax, orbax-checkpoint, numpy,
 # absl-py, etils, protobuf, wrapt, tqdm, matplotlib, pillow, torch, torchvision and timm. The project
 # imports three more families at run time:
-#   - ml_collections and clu: `train.py` imports them at module level (configs, metrics);
+#   - ml_collections and clu: `trainer/` imports them at module level (configs, metrics);
 #   - tensorflow-datasets with its import-time needs (immutabledict, promise, tensorflow-metadata,
 #     googleapis-common-protos, toml, termcolor, importlib_resources) and the array_record and
-#     dm-tree extensions it uses to build and read the synthetic set: only `main.py` and
+#     dm-tree extensions it uses to build and read the data sets: only `main.py` and
 #     `input_pipeline.load_dataset` need them, the benchmarks do not, but a GPU session that
 #     trains wants them too.
-# This list was read off `sys.modules` after importing `train` and building the tiny synthetic set
+# This list was read off `sys.modules` after importing the trainer and building a small data set
 # in this repo's .venv, minus what the image has. Versions are this repo's .venv pins.
 #
 # Usage (from the repo root): bash benchmarks/make_wheels.sh   # then carry ".whl" to the device

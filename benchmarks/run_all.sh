@@ -27,7 +27,6 @@ mkdir -p "$RESULTS"
 LOG="$RESULTS/run_all.log"
 export PYTHONUNBUFFERED=1
 export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-$WORK/jax_cache}
-PATCHES="--patches_cache $WORK/patches.npz"
 exec > >(tee -a "$LOG") 2>&1
 
 # The GPU image lacks clu, ml_collections and tensorflow-datasets: install the carried wheels.
@@ -66,33 +65,33 @@ stage() {
 
 if [[ ${BENCH_SMOKE:-0} == 1 ]]; then
   TINY="--alpha 0.25 --steps 2 --warmup 1 --window 1 --feed_batches 2 --base_patches 64"
-  stage "jax 32 px (smoke)" 300 "$PYTHON" benchmarks/bench_jax.py $TINY $PATCHES \
+  stage "jax 32 px (smoke)" 300 "$PYTHON" benchmarks/bench_jax.py $TINY \
     --sizes 32 --batches 8 --epoch_images 32 --out "$WORK/jax_32.json"
-  stage "torch 32 px (smoke)" 300 "$PYTHON" benchmarks/bench_torch.py $TINY $PATCHES \
+  stage "torch 32 px (smoke)" 300 "$PYTHON" benchmarks/bench_torch.py $TINY \
     --sizes 32 --batches 8 --epoch_images 32 --out "$WORK/torch_32.json"
-  stage "paper experiment (smoke)" 300 "$PYTHON" benchmarks/bench_jax.py $TINY $PATCHES \
+  stage "paper experiment (smoke)" 300 "$PYTHON" benchmarks/bench_jax.py $TINY \
     --paper_experiment --paper_image_size 32 --paper_batch_size 8 --paper_images 64 \
     --out "$WORK/paper.json"
 else
-  stage "jax 96 px" 120 "$PYTHON" benchmarks/bench_jax.py $PATCHES --sizes 96 \
+  stage "jax 96 px" 120 "$PYTHON" benchmarks/bench_jax.py --sizes 96 \
     --out "$WORK/jax_096.json"
-  stage "torch 96 px eager" 60 "$PYTHON" benchmarks/bench_torch.py $PATCHES --sizes 96 \
+  stage "torch 96 px eager" 60 "$PYTHON" benchmarks/bench_torch.py --sizes 96 \
     --variants eager --out "$WORK/torch_096_eager.json"
-  stage "torch 96 px compile" 180 "$PYTHON" benchmarks/bench_torch.py $PATCHES --sizes 96 \
+  stage "torch 96 px compile" 180 "$PYTHON" benchmarks/bench_torch.py --sizes 96 \
     --variants compile --out "$WORK/torch_096_compile.json"
-  stage "paper experiment" 120 "$PYTHON" benchmarks/bench_jax.py $PATCHES --paper_experiment \
+  stage "paper experiment" 120 "$PYTHON" benchmarks/bench_jax.py --paper_experiment \
     --out "$WORK/paper.json"
-  stage "jax 50 px" 90 "$PYTHON" benchmarks/bench_jax.py $PATCHES --sizes 50 \
+  stage "jax 50 px" 90 "$PYTHON" benchmarks/bench_jax.py --sizes 50 \
     --out "$WORK/jax_050.json"
-  stage "torch 50 px eager" 45 "$PYTHON" benchmarks/bench_torch.py $PATCHES --sizes 50 \
+  stage "torch 50 px eager" 45 "$PYTHON" benchmarks/bench_torch.py --sizes 50 \
     --variants eager --out "$WORK/torch_050_eager.json"
-  stage "torch 50 px compile" 150 "$PYTHON" benchmarks/bench_torch.py $PATCHES --sizes 50 \
+  stage "torch 50 px compile" 150 "$PYTHON" benchmarks/bench_torch.py --sizes 50 \
     --variants compile --out "$WORK/torch_050_compile.json"
-  stage "jax 224 px" 90 "$PYTHON" benchmarks/bench_jax.py $PATCHES --sizes 224 \
+  stage "jax 224 px" 90 "$PYTHON" benchmarks/bench_jax.py --sizes 224 \
     --epoch_images 0 --out "$WORK/jax_224.json"
-  stage "torch 224 px eager" 45 "$PYTHON" benchmarks/bench_torch.py $PATCHES --sizes 224 \
+  stage "torch 224 px eager" 45 "$PYTHON" benchmarks/bench_torch.py --sizes 224 \
     --variants eager --epoch_images 0 --out "$WORK/torch_224_eager.json"
-  stage "torch 224 px compile" 150 "$PYTHON" benchmarks/bench_torch.py $PATCHES --sizes 224 \
+  stage "torch 224 px compile" 150 "$PYTHON" benchmarks/bench_torch.py --sizes 224 \
     --variants compile --epoch_images 0 --out "$WORK/torch_224_compile.json"
 fi
 

@@ -14,7 +14,7 @@ Choices the paper leaves open, and why:
 - global_batch_size 64: the paper does not say; 64 fits every device and keeps the 1e-4 Adam recipe
   stable. It is split over all devices (and processes) of the run.
 - data.dataset "auto": the real Kaggle set when it is prepared or its download sits in the manual
-  directory, else the synthetic twin (a banner says so, and "synthetic" is written into every
+  directory, else the real sample shipped in data/idc_sample (the log and summary.json say which
   output).
 """
 
@@ -42,10 +42,9 @@ def get_config() -> ml_collections.ConfigDict:
 
     config.data = ml_collections.ConfigDict(
         dict(
-            dataset="auto",  # "auto" | "kaggle_idc" | "synthetic_idc"
+            dataset="auto",  # "auto" | "kaggle_idc" (the Kaggle set) | "idc_sample" (data/)
             data_dir="",  # TFDS data_dir; "" = ~/tensorflow_datasets or $TFDS_DATA_DIR
             manual_dir="",  # the Kaggle download; "" = <data_dir>/downloads/manual
-            synthetic_size="small",  # "tiny" | "small" | "full"
             # "patient" | "published" | "random_patch" (the paper's protocol: leaks patients)
             split="patient",
             split_seed=0,

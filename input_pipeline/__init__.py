@@ -1,4 +1,4 @@
-"""Input pipeline for the Kaggle IDC patches and their synthetic twin.
+"""Input pipeline for the Kaggle IDC patches (the full set, or the real sample shipped here).
 
 - `load_dataset(config.data)`: builds (TFDS, array_record, no TensorFlow needed) and loads a data
   set into memory, split by patient, by the published lists, or by patch (the paper's protocol).

@@ -1,4 +1,4 @@
-"""Loads a prepared IDC data set (real or synthetic) into memory and applies a split protocol.
+"""Loads a prepared IDC data set into memory and applies a split protocol.
 
 Why in memory: `tfds.data_source` decodes about 2.3k PNG patches per second per core, far below
 the 100k+ images/s a GPU trains at, while the whole set is only 2.1 GB as uint8. So each set is
@@ -28,7 +28,7 @@ import numpy as np
 from input_pipeline import sources
 from input_pipeline.patches import PATCH_SIZE, Counts, decode_patch
 
-DATASET_NAMES = ("kaggle_idc", "synthetic_idc")
+DATASET_NAMES = ("kaggle_idc", "idc_sample")
 _COLUMNS = ("image", "label", "patient", "x", "y", "height", "width", "file_name")
 _CACHE_DIR = "decoded_npy"
 _CACHE_FORMAT = 1
@@ -68,11 +68,11 @@ class Split:
 
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
-    """What was loaded and how it was split; `to_dict()` is written into every output."""
+    """What was loaded, from where and why, and how it was split; written into every output."""
 
-    name: str  # "kaggle_idc" | "synthetic_idc"
-    synthetic: bool
-    config_name: str  # TFDS builder config ("tiny", "small", "full"), "" for kaggle_idc
+    name: str  # "kaggle_idc" (the Kaggle download) | "idc_sample" (the shipped sample)
+    source: str  # the zip or folder the data set was built from
+    selection: str  # why this data set was used (`data.dataset` and what "auto" found)
     split_protocol: str
     split_seed: int
     validation_fraction: float
@@ -104,42 +104,97 @@ def _resolve_dirs(config: ml_collections.ConfigDict) -> tuple[pathlib.Path, path
     return data_dir, pathlib.Path(manual_dir).expanduser()
 
 
-def make_builder(config: ml_collections.ConfigDict):
-    """The TFDS builder the config names ("auto" resolved), with the array_record format."""
-    from input_pipeline import kaggle_idc, synthetic_idc  # noqa: PLC0415
+@dataclasses.dataclass(frozen=True)
+class Choice:
+    """The data set a config resolves to: its builder, where its files are, and why."""
+
+    name: str
+    builder: Any  # kaggle_idc.KaggleIdc
+    source_dir: pathlib.Path
+    selection: str
+
+
+def choose(config: ml_collections.ConfigDict) -> Choice:
+    """The data set `config.dataset` names, "auto" resolved: the Kaggle set when it is there.
+
+    "auto" takes the Kaggle download when it is prepared in data_dir or found in manual_dir, and
+    otherwise the real sample shipped in data/idc_sample; the choice and its reason are logged
+    and recorded in every run's summary.
+    """
+    from input_pipeline import kaggle_idc  # noqa: PLC0415
 
     data_dir, manual_dir = _resolve_dirs(config)
-    name = config.dataset
-    if name == "auto":
-        kaggle = kaggle_idc.KaggleIdc(data_dir=str(data_dir), file_format="array_record")
-        prepared = kaggle.is_prepared()
-        name = "kaggle_idc" if prepared or sources.find_sources(manual_dir) else "synthetic_idc"
-        logging.info("data.dataset='auto' resolved to %s", name)
-    if name == "kaggle_idc":
-        builder = kaggle_idc.KaggleIdc(data_dir=str(data_dir), file_format="array_record")
-        if not builder.is_prepared() and not sources.find_sources(manual_dir):
-            raise sources.ManualDownloadMissingError(sources.missing_download_message(manual_dir))
-    elif name == "synthetic_idc":
-        builder = synthetic_idc.SyntheticIdc(
-            config=config.synthetic_size,
-            data_dir=str(data_dir),
-            file_format="array_record",
+
+    def builder(config_name: str):
+        return kaggle_idc.KaggleIdc(
+            config=config_name, data_dir=str(data_dir), file_format="array_record"
         )
-    else:
+
+    name = config.dataset
+    if name not in ("auto", *DATASET_NAMES):
         raise ValueError(f"unknown dataset {name!r}; expected 'auto' or one of {DATASET_NAMES}")
-    return builder, manual_dir
+    full = builder("full")
+    if name == "auto":
+        if full.is_prepared():
+            selection = f"auto: the Kaggle set is prepared in {full.data_dir}"
+        elif sources.find_sources(manual_dir):
+            selection = f"auto: the Kaggle download was found in {manual_dir}"
+        else:
+            name = "idc_sample"
+            selection = (
+                f"auto: no Kaggle download in {manual_dir} and none prepared in {data_dir}, so "
+                f"the real sample shipped in {sources.EMBEDDED_SAMPLE}"
+            )
+        name = "kaggle_idc" if name == "auto" else name
+        logging.info("data.dataset=%s", selection)
+    else:
+        selection = f"data.dataset={name!r}"
+    if name == "kaggle_idc":
+        if not full.is_prepared() and not sources.find_sources(manual_dir):
+            raise sources.ManualDownloadMissingError(sources.missing_download_message(manual_dir))
+        return Choice(name, full, manual_dir, selection)
+    sample = builder("sample")
+    source_dir = sample.source_dir(manual_dir)
+    if not sample.is_prepared() and not sources.find_sources(source_dir):
+        raise FileNotFoundError(
+            f"the sample shipped with this repository is missing from {source_dir}: "
+            "restore it with `git checkout -- data/idc_sample`"
+        )
+    return Choice(name, sample, source_dir, selection)
 
 
-def prepare(config: ml_collections.ConfigDict):
-    """Builds the dataset if needed (idempotent) and returns its builder."""
+def prepare(config: ml_collections.ConfigDict) -> Choice:
+    """Builds the data set if needed (idempotent, and again when its files have changed).
+
+    A prepared data set records the fingerprint (names, sizes, modification times) of the files
+    it was built from. When the files found now differ, say a manual_dir pointed elsewhere with
+    the same data_dir, the old preparation is deleted and rebuilt from them, and a warning says
+    so: a prepared set is never silently read in place of other files.
+    """
     import tensorflow_datasets as tfds  # noqa: PLC0415
 
-    builder, manual_dir = make_builder(config)
+    choice = choose(config)
+    builder = choice.builder
+    found = sources.find_sources(choice.source_dir)
+    if builder.is_prepared() and found:
+        built_from = builder.info.metadata.get("source_fingerprint")
+        if built_from != sources.fingerprint(found[0]):
+            logging.warning(
+                "the %s data set prepared in %s was built from %s, not from the files now in "
+                "%s (their names, sizes or times differ): rebuilding it from them.",
+                choice.name,
+                builder.data_dir,
+                builder.info.metadata.get("source", "other files"),
+                found[0],
+            )
+            shutil.rmtree(builder.data_dir)
+            choice = choose(config)
+            builder = choice.builder
     if not builder.is_prepared():
         builder.download_and_prepare(
-            download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir))
+            download_config=tfds.download.DownloadConfig(manual_dir=str(choice.source_dir))
         )
-    return builder
+    return choice
 
 
 def _read_prepared(builder, num_threads: int | None = None) -> dict[str, np.ndarray]:
@@ -209,57 +264,78 @@ def load_table(builder, use_cache: bool = True) -> dict[str, np.ndarray]:
     return table
 
 
+def check_splits(protocol: str, splits: dict[str, Split], dataset: str) -> None:
+    """Refuses evaluation splits that cannot measure anything, naming what they hold.
+
+    Validation and test must each hold both classes, and under a patient protocol at least two
+    patients: a ROC AUC needs both classes, and one patient's patches measure that patient.
+    """
+    problems = []
+    for name in ("validation", "test"):
+        split = splits[name]
+        counts = split.counts()
+        negatives = counts["patches"] - counts["positives"]
+        held = (
+            f"{name} holds {counts['patients']} patient(s), {counts['patches']} patches "
+            f"({counts['positives']} IDC, {negatives} not)"
+        )
+        if protocol != "random_patch" and counts["patients"] < 2:
+            problems.append(f"{held}: fewer than 2 patients")
+        elif counts["positives"] == 0 or negatives == 0:
+            problems.append(f"{held}: one class is missing")
+    if problems:
+        train = splits["train"].counts()
+        raise ValueError(
+            f"the {protocol!r} split of {dataset} cannot be evaluated: "
+            + "; ".join(problems)
+            + f" (train: {train['patients']} patients, {train['patches']} patches). Use a data "
+            "set with more patients, larger validation_fraction / test_fraction, or another "
+            "split protocol."
+        )
+
+
 def load_dataset(config: ml_collections.ConfigDict) -> Dataset:
     """Prepares (if needed), loads and splits the data set described by `config.data`.
 
-    Keys: dataset, data_dir, manual_dir, synthetic_size, split, split_seed, validation_fraction,
-    test_fraction (see configs/default.py). Returns train / validation / test splits in memory.
+    Keys: dataset, data_dir, manual_dir, split, split_seed, validation_fraction, test_fraction
+    (see configs/default.py). Returns train / validation / test splits in memory.
     """
-    from input_pipeline import splits  # noqa: PLC0415
+    from input_pipeline import splits as protocols  # noqa: PLC0415
 
-    builder = prepare(config)
-    table = load_table(builder)
-    full = Split(**table)
+    choice = prepare(config)
+    builder = choice.builder
+    full = Split(**load_table(builder))
     protocol = config.split
-    seed = config.split_seed
-    validation_fraction = config.validation_fraction
-    test_fraction = config.test_fraction
-    indices = splits.make_splits(
-        protocol, full.patient, full.label, seed, validation_fraction, test_fraction
+    indices = protocols.make_splits(
+        protocol,
+        full.patient,
+        full.label,
+        config.split_seed,
+        config.validation_fraction,
+        config.test_fraction,
     )
-    train, validation, test = (
-        full.take(indices.train),
-        full.take(indices.validation),
-        full.take(indices.test),
-    )
-    if len(train) == 0:
+    split = {name: full.take(getattr(indices, name)) for name in ("train", "validation", "test")}
+    if len(split["train"]) == 0:
         raise ValueError(
-            f"the {protocol!r} split left no training patches in {builder.name} "
+            f"the {protocol!r} split left no training patches in {choice.name} "
             f"({'; '.join(indices.notes)})"
         )
+    check_splits(protocol, split, choice.name)
     metadata = builder.info.metadata or {}
-    synthetic = builder.name == "synthetic_idc"
-    notes = list(indices.notes)
-    if synthetic:
-        notes.insert(0, "synthetic data: procedural twin of the Kaggle IDC set, not real tissue")
     info = DatasetInfo(
-        name=builder.name,
-        synthetic=synthetic,
-        config_name=builder.builder_config.name if builder.builder_config else "",
+        name=choice.name,
+        source=str(metadata.get("source", choice.source_dir)),
+        selection=choice.selection,
         split_protocol=protocol,
-        split_seed=seed,
-        validation_fraction=validation_fraction,
-        test_fraction=test_fraction,
-        counts={
-            "train": train.counts(),
-            "validation": validation.counts(),
-            "test": test.counts(),
-        },
-        notes=notes,
+        split_seed=config.split_seed,
+        validation_fraction=config.validation_fraction,
+        test_fraction=config.test_fraction,
+        counts={name: part.counts() for name, part in split.items()},
+        notes=list(indices.notes),
         build_report=dict(metadata.get("build_report", {})),
         data_dir=str(builder.data_dir),
     )
-    logging.info("loaded %s: %s", builder.name, info.counts)
-    for note in notes:
+    logging.info("loaded %s (%s): %s", choice.name, choice.selection, info.counts)
+    for note in info.notes:
         logging.info("data note: %s", note)
-    return Dataset(train, validation, test, info)
+    return Dataset(split["train"], split["validation"], split["test"], info)

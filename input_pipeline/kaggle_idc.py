@@ -1,10 +1,12 @@
-"""TFDS builder for the Kaggle "Breast Histopathology Images" (IDC) set, from a manual download.
+"""TFDS builder for the Kaggle "Breast Histopathology Images" (IDC) set.
 
-One "train" split holds every patch (the split protocols of `splits.py` divide it later). Images
-are written as PNG bytes with the array_record file format, so that neither building nor reading
-needs TensorFlow. Every file found lands in exactly one count of the build report
-(`patches.Counts`), which is logged and stored in the dataset's metadata
-(`info.metadata["build_report"]`).
+Two builder configs read the same layout: "full", the Kaggle download in the manual directory,
+and "sample", the real sample shipped in this repository (`sources.EMBEDDED_SAMPLE`), which the
+quickstart trains on. One "train" split holds every patch (the split protocols of `splits.py`
+divide it later). Images are written as PNG bytes with the array_record file format, so that
+neither building nor reading needs TensorFlow. Every file found lands in exactly one count of the
+build report (`patches.Counts`), which is logged and stored in the dataset's metadata
+(`info.metadata["build_report"]`), with the fingerprint of the source it was built from.
 """
 
 from __future__ import annotations
@@ -18,16 +20,18 @@ import tensorflow_datasets as tfds
 
 from input_pipeline.patches import PATCH_SIZE, Counts, decode_patch, encode_png, is_rgb_png
 from input_pipeline.sources import (
+    EMBEDDED_SAMPLE,
     KAGGLE_URL,
     ManualDownloadMissingError,
     find_sources,
+    fingerprint,
     missing_download_message,
     scan,
 )
 
 
 def idc_features() -> tfds.features.FeaturesDict:
-    """Features shared by the Kaggle builder and its synthetic twin."""
+    """One patch: its image, label, patient, slide position, true size and file name."""
     return tfds.features.FeaturesDict(
         {
             "image": tfds.features.Image(shape=(PATCH_SIZE, PATCH_SIZE, 3), encoding_format="png"),
@@ -45,8 +49,18 @@ def idc_features() -> tfds.features.FeaturesDict:
 class KaggleIdc(tfds.core.GeneratorBasedBuilder):
     """The Kaggle IDC patches, one "train" split holding every patch (protocols split later)."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {
+        "1.0.0": "Initial release.",
+        "1.1.0": "Builder configs 'full' and 'sample'; the source's fingerprint in the metadata.",
+    }
+    BUILDER_CONFIGS = [
+        tfds.core.BuilderConfig(name="full", description="The Kaggle download (manual_dir)."),
+        tfds.core.BuilderConfig(
+            name="sample", description="The real sample shipped in data/idc_sample (CC0)."
+        ),
+    ]
+    DEFAULT_CONFIG_NAME = "full"
     MANUAL_DOWNLOAD_INSTRUCTIONS = f"""
     Download {KAGGLE_URL} (archive.zip, breast-histopathology-images.zip or
     IDC_regular_ps50_idx5.zip) and place the zip, or its extracted patient folders, in manual_dir.
@@ -63,14 +77,21 @@ class KaggleIdc(tfds.core.GeneratorBasedBuilder):
             metadata=tfds.core.MetadataDict(),
         )
 
+    def source_dir(self, manual_dir: str | pathlib.Path) -> pathlib.Path:
+        """Where this config's patches are: the manual directory, or the embedded sample."""
+        return EMBEDDED_SAMPLE if self.builder_config.name == "sample" else pathlib.Path(manual_dir)
+
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-        manual_dir = pathlib.Path(dl_manager.manual_dir)
-        sources = find_sources(manual_dir)
+        source_dir = self.source_dir(dl_manager.manual_dir)
+        sources = find_sources(source_dir)
         if not sources:
-            raise ManualDownloadMissingError(missing_download_message(manual_dir))
+            raise ManualDownloadMissingError(missing_download_message(source_dir))
         return {"train": self._generate_examples(sources[0])}
 
     def _generate_examples(self, source: pathlib.Path):
+        # Taken before reading: a file changed during the build makes the data set stale.
+        self.info.metadata["source"] = str(source)
+        self.info.metadata["source_fingerprint"] = fingerprint(source)
         report = Counts()
         entries = scan(source, report)
         archive = zipfile.ZipFile(source) if source.suffix.lower() == ".zip" else None

@@ -1,16 +1,19 @@
-"""Where the Kaggle IDC patches come from: the manual download, found and listed (no TFDS).
+"""Where the IDC patches come from, found, fingerprinted and listed (no TFDS).
 
-The set (Janowczyk & Madabhushi 2016; Cruz-Roa et al. 2014; CC0) holds 277,524 RGB patches of
-279 patients as `<patient>/<0|1>/<patient>_idx5_x<X>_y<Y>_class<C>.png`. Kaggle needs a login, so
-the user downloads it and puts the zip (or the extracted folder) in the manual directory.
-`scan` lists the patches of a source and counts every file it skips, so that nothing is dropped
-silently.
+The Kaggle set (Janowczyk & Madabhushi 2016; Cruz-Roa et al. 2014; CC0) holds 277,524 RGB patches
+of 279 patients as `<patient>/<0|1>/<patient>_idx5_x<X>_y<Y>_class<C>.png`. Kaggle needs a login,
+so the user downloads it and puts the zip (or the extracted folder) in the manual directory.
+Without it, this repository ships a real sample in the same layout, `data/idc_sample`
+(`EMBEDDED_SAMPLE`). `scan` lists the patches of a source and counts every file it skips, so that
+nothing is dropped silently; `fingerprint` identifies a source, so that a data set prepared from
+other files is never read as if it were this one.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import hashlib
 import os
 import pathlib
 import zipfile
@@ -21,6 +24,8 @@ from input_pipeline.patches import FILE_NAME_PATTERN, Counts
 KAGGLE_URL = "https://www.kaggle.com/datasets/paultimothymooney/breast-histopathology-images"
 # Names the archive has: from the browser, from the Kaggle CLI, and the original release.
 KNOWN_ZIP_NAMES = ("archive.zip", "breast-histopathology-images.zip", "IDC_regular_ps50_idx5.zip")
+# The real sample shipped with the repository (data/README.md says what it holds and its licence).
+EMBEDDED_SAMPLE = pathlib.Path(__file__).resolve().parents[1] / "data" / "idc_sample"
 
 
 class ManualDownloadMissingError(FileNotFoundError):
@@ -35,14 +40,13 @@ def missing_download_message(manual_dir: str | os.PathLike) -> str:
         f"paultimothymooney/breast-histopathology-images`).\n"
         f"  2. Put the zip, or the extracted folder of patient folders, in {manual_dir}\n"
         f"     (or pass --config.data.manual_dir=<where it is>).\n"
-        f"To run on the synthetic twin instead, which needs no download:\n"
-        f"  {SYNTHETIC_COMMAND}"
+        f"To train on the real sample shipped with this repository instead (no download):\n"
+        f"  {SAMPLE_COMMAND}"
     )
 
 
-SYNTHETIC_COMMAND = (
-    "python main.py --config=configs/v1.py --workdir=/tmp/idc_v1"
-    " --config.data.dataset=synthetic_idc"
+SAMPLE_COMMAND = (
+    "python main.py --config=configs/v1.py --workdir=/tmp/idc_v1 --config.data.dataset=idc_sample"
 )
 
 
@@ -69,6 +73,21 @@ def find_sources(manual_dir: pathlib.Path) -> list[pathlib.Path]:
     if any(p.suffix.lower() == ".png" for p in manual_dir.rglob("*")):
         return [manual_dir]
     return []
+
+
+def fingerprint(source: pathlib.Path) -> str:
+    """A digest of the names, sizes and modification times of a source's files.
+
+    A zip is one file; a folder is every file below it. Reading contents would take minutes on
+    the full set; a changed, added or removed file changes its size, time or the list of names.
+    """
+    digest = hashlib.sha256()
+    files = [source] if source.is_file() else sorted(p for p in source.rglob("*") if p.is_file())
+    for path in files:
+        stat = path.stat()
+        name = path.name if path == source else path.relative_to(source).as_posix()
+        digest.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
 
 
 def _list_files(source: pathlib.Path) -> Iterator[tuple[str | None, str, bool]]:

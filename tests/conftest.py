@@ -7,6 +7,7 @@ subprocesses that run `main.py`) and uses small widths and images.
 
 import os
 import pathlib
+import shutil
 
 import jax
 import pytest
@@ -22,10 +23,43 @@ jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
+EMBEDDED_SAMPLE = REPO_ROOT / "data" / "idc_sample"
+# The tiny real data set of the end-to-end tests: from each of the first TINY_PATIENTS patients of
+# the shipped sample that have enough of both classes, TINY_PER_CLASS patches of each class.
+TINY_PATIENTS = 20
+TINY_PER_CLASS = 5
+
+
+def tiny_data_dir(tmp_path_factory) -> pathlib.Path:
+    """A TFDS data_dir whose manual directory holds 200 real patches of 20 patients.
+
+    Made once per session in its base temp directory (any test module may ask first).
+    """
+    data_dir = tmp_path_factory.getbasetemp() / "tiny_tfds"
+    manual = data_dir / "downloads" / "manual"
+    if manual.is_dir():
+        return data_dir
+    staging = data_dir / "downloads" / "staging"
+    taken = 0
+    for patient in sorted(EMBEDDED_SAMPLE.iterdir(), key=lambda p: int(p.name)):
+        classes = [sorted((patient / c).glob("*.png")) for c in ("0", "1")]
+        if min(len(files) for files in classes) < TINY_PER_CLASS:
+            continue
+        for c, files in zip(("0", "1"), classes):
+            (staging / patient.name / c).mkdir(parents=True)
+            for file in files[:TINY_PER_CLASS]:
+                shutil.copy2(file, staging / patient.name / c / file.name)
+        taken += 1
+        if taken == TINY_PATIENTS:
+            break
+    staging.rename(manual)
+    return data_dir
+
+
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory) -> pathlib.Path:
-    """A TFDS data_dir shared by the session: each data set is built into it once."""
-    return tmp_path_factory.mktemp("tfds")
+    """The session's TFDS data_dir, with the tiny real set as its manual download."""
+    return tiny_data_dir(tmp_path_factory)
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,7 @@ import sys
 
 import numpy as np
 import pytest
+from PIL import Image
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 BENCH = REPO / "benchmarks"
@@ -26,6 +27,7 @@ import bench_data  # noqa: E402
 import compare  # noqa: E402
 
 from mobilenets.cpu import kernels as cpu_kernels  # noqa: E402
+from tests.conftest import EMBEDDED_SAMPLE  # noqa: E402
 
 TINY = (
     "--models", "mobilenet_v1", "--alpha", "0.25", "--steps", "2", "--warmup", "1",
@@ -145,7 +147,7 @@ def test_paper_experiment_trains_five_epochs(paper_results):
     summary = paper_results["summary"]
     assert summary["train_s"] == pytest.approx(row["train_s"])
     assert summary["goal_met"] is None  # only the full-size run is judged against 60 s
-    assert "tiled" in paper_results["meta"]["notes"][0]  # 40 painted, tiled to 48
+    assert "tiled" in paper_results["meta"]["notes"][0]  # 40 decoded, tiled to 48
 
 
 def test_combined_table_ratio_is_ours_over_best_peer(jax_results, torch_results, paper_results):
@@ -203,13 +205,15 @@ def test_bench_torch_without_torch_exits_cleanly(tmp_path, monkeypatch):
     assert written["skipped"] == "torch is not installed" and written["rows"] == []
 
 
-def test_synthetic_split_tiles_the_painted_patches(tmp_path):
-    cache = str(tmp_path / "patches.npz")
-    split, note = bench_data.synthetic_split(50, base_patches=20, cache=cache)
+def test_sample_split_tiles_the_real_patches():
+    split, note = bench_data.sample_split(50, base_patches=20)
     assert split.image.shape == (50, 50, 50, 3) and split.image.dtype == np.uint8
     np.testing.assert_array_equal(split.image[20:40], split.image[:20])
     np.testing.assert_array_equal(split.label[40:], split.label[:10])
-    assert "tiled x2.5" in note
-    again, _ = bench_data.synthetic_split(50, base_patches=20, cache=cache)  # read back
-    np.testing.assert_array_equal(again.image, split.image)
+    assert "tiled x2.5" in note and "real patches of data/idc_sample" in note
+    first = sorted(EMBEDDED_SAMPLE.rglob("*.png"))[0]  # the sample's first file, decoded by PIL
+    with Image.open(first) as image:
+        pixels = np.asarray(image.convert("RGB"))
+    np.testing.assert_array_equal(split.image[0, : pixels.shape[0], : pixels.shape[1]], pixels)
+    assert split.label[0] == int(first.parent.name)
     assert len(split.head(7)) == 7

@@ -3,15 +3,16 @@
 import csv
 import json
 import pathlib
+import shutil
 
 import numpy as np
 import pytest
 from PIL import Image
 
 import heatmap
-from input_pipeline import synthetic
 from input_pipeline.patches import PatchName
 from tests.commands import run_program
+from tests.conftest import EMBEDDED_SAMPLE
 from tests.test_inference import trained_tiny_workdir
 from trainer import slides
 
@@ -120,23 +121,24 @@ def test_ground_truth_tints_exactly_the_idc_patches(real_sample_maps, idc_sample
 
 @pytest.fixture(scope="module")
 def model_maps(tmp_path_factory):
-    """Slide maps of one synthetic patient (with a truncated border patch) by the tiny model."""
+    """Slide maps of one real patient of the shipped sample (three patches cut at the slide
+    border), plus a corrupt file, by the tiny model."""
     workdir = trained_tiny_workdir(tmp_path_factory)
-    examples = synthetic.generate(num_patients=1, num_patches=60, seed=3)
-    assert 0 < examples["label"].sum() < 60
-    folder = tmp_path_factory.mktemp("patient")
-    synthetic.write_kaggle_layout(examples, folder)
-    (folder / str(examples["patient"][0]) / "0" / "corrupt.png").write_bytes(b"broken")
+    folder = tmp_path_factory.mktemp("patient") / "16166"
+    shutil.copytree(EMBEDDED_SAMPLE / "16166", folder)
+    num_patches = len(list(folder.rglob("*.png")))
+    assert len(list((folder / "1").glob("*.png"))) > 0 and num_patches > 10
+    (folder / "0" / "corrupt.png").write_bytes(b"broken")
     output = tmp_path_factory.mktemp("model_maps")
     summary = heatmap.slide_maps(folder, output, workdir=workdir, threshold="validation")
-    return summary, output, examples, workdir
+    return summary, output, num_patches, workdir
 
 
 def test_outcome_counts_agree_with_the_predictions_csv(model_maps):
-    summary, output, examples, _ = model_maps
+    summary, output, num_patches, _ = model_maps
     with (output / "predictions.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 60 == summary["patches_placed"]
+    assert len(rows) == num_patches == summary["patches_placed"]
     labels = np.array([int(r["true_label"]) for r in rows])
     decisions = np.array([float(r["p_idc"]) >= summary["threshold"] for r in rows])
     expected = {

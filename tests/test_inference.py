@@ -1,11 +1,14 @@
 """Inference: file discovery and name parsing, the predictions CSV, thresholds, and 8-view TTA.
 
-References are independent of `inference`: the network applied directly to the generator's own
-(already padded) arrays, PIL for decoding, numpy rot90/flip for the dihedral views.
+References are independent of `inference`: the network applied directly to patches that PIL decoded
+and the test padded, numpy rot90/flip for the dihedral views. The patches are real ones of the
+sample shipped in data/idc_sample.
 """
 
 import csv
 import pathlib
+import re
+import shutil
 
 import jax
 import numpy as np
@@ -13,8 +16,9 @@ import pytest
 
 import input_pipeline
 import predict
-from input_pipeline import patches, synthetic
+from input_pipeline import patches
 from tests.commands import run_program
+from tests.conftest import EMBEDDED_SAMPLE, tiny_data_dir
 from tests.test_train import tiny_config
 from trainer import RunDirectory, inference, train_and_evaluate
 
@@ -22,7 +26,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def trained_tiny_workdir(tmp_path_factory) -> pathlib.Path:
-    """A one-epoch tiny run (alpha 0.25, 32 px, tiny synthetic set), trained once per session.
+    """A one-epoch tiny run (alpha 0.25, 32 px, the tiny real set), trained once per session.
 
     Shared by test_inference, test_heatmap and test_reproduce through the session's base temp
     directory: the first module to ask trains it, the others find its summary.json.
@@ -30,7 +34,7 @@ def trained_tiny_workdir(tmp_path_factory) -> pathlib.Path:
     base = tmp_path_factory.getbasetemp()
     workdir = base / "tiny_trained_run"
     if not (workdir / "summary.json").is_file():
-        config = tiny_config(base / "tiny_run_tfds", num_epochs=1)
+        config = tiny_config(tiny_data_dir(tmp_path_factory), num_epochs=1)
         train_and_evaluate(config, str(workdir))
     return workdir
 
@@ -40,20 +44,42 @@ def tiny_run(tmp_path_factory) -> pathlib.Path:
     return trained_tiny_workdir(tmp_path_factory)
 
 
-@pytest.fixture(scope="module")
-def synthetic_patches():
-    """40 synthetic patches of 2 patients, 2 of them truncated at the slide border."""
-    examples = synthetic.generate(num_patients=2, num_patches=40, seed=1)
-    assert np.any(examples["height"] < 50) or np.any(examples["width"] < 50)
-    assert 0 < examples["label"].sum() < 40
-    return examples
+# Two patients of the shipped sample with patches cut short at the slide border.
+REAL_PATIENTS = ("12878", "16166")
 
 
 @pytest.fixture(scope="module")
-def synthetic_folder(tmp_path_factory, synthetic_patches) -> pathlib.Path:
-    folder = tmp_path_factory.mktemp("synthetic_pngs")
-    synthetic.write_kaggle_layout(synthetic_patches, folder)
+def real_folder(tmp_path_factory) -> pathlib.Path:
+    """The two patients' folders (Kaggle layout), copied."""
+    folder = tmp_path_factory.mktemp("real_pngs")
+    for patient in REAL_PATIENTS:
+        shutil.copytree(EMBEDDED_SAMPLE / patient, folder / patient)
     return folder
+
+
+@pytest.fixture(scope="module")
+def real_patches(real_folder):
+    """Their patches as columns, in sorted path order, decoded by PIL and padded here."""
+    from PIL import Image
+
+    columns = {k: [] for k in ("image", "label", "patient", "x", "y", "height", "width")}
+    columns["file_name"] = []
+    for path in sorted(real_folder.rglob("*.png")):
+        patient, x, y, label = map(int, re.findall(r"\d+", path.name.replace("idx5", ""))[:4])
+        with Image.open(path) as image:
+            pixels = np.asarray(image.convert("RGB"))
+        padded = np.full((50, 50, 3), 255, np.uint8)
+        padded[: pixels.shape[0], : pixels.shape[1]] = pixels
+        for key, value in (("image", padded), ("label", label), ("patient", patient), ("x", x)):
+            columns[key].append(value)
+        columns["y"].append(y)
+        columns["height"].append(pixels.shape[0])
+        columns["width"].append(pixels.shape[1])
+        columns["file_name"].append(path.name)
+    examples = {k: np.asarray(v) for k, v in columns.items()}
+    assert np.any(examples["height"] < 50) or np.any(examples["width"] < 50)
+    assert 0 < examples["label"].sum() < len(examples["label"])
+    return examples
 
 
 @pytest.fixture(scope="module")
@@ -96,12 +122,12 @@ def test_find_png_files_recurses_sorts_deduplicates_and_reports_missing(tmp_path
     assert missing == [(tmp_path / "nope", "no such file or folder")]
 
 
-def test_load_patch_pads_border_patches_with_white(synthetic_folder, synthetic_patches):
+def test_load_patch_pads_border_patches_with_white(real_folder, real_patches):
     from PIL import Image
 
-    border = np.nonzero(synthetic_patches["height"] < 50)[0][0]
-    name = str(synthetic_patches["file_name"][border])
-    path = next(synthetic_folder.rglob(name))
+    border = np.nonzero(real_patches["height"] < 50)[0][0]
+    name = str(real_patches["file_name"][border])
+    path = next(real_folder.rglob(name))
     patch = patches.load_patch(path)
     on_disk = np.asarray(Image.open(path))
     h, w = on_disk.shape[:2]
@@ -122,10 +148,10 @@ def test_load_patch_reports_corrupt_and_missing_files(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def csv_run(tiny_run, synthetic_folder, tmp_path_factory):
-    """predict_to_csv of the synthetic folder, an unlabelled copy, a corrupt and a missing file."""
+def csv_run(tiny_run, real_folder, tmp_path_factory):
+    """predict_to_csv of the real folder, an unlabelled copy, a corrupt and a missing file."""
     extra = tmp_path_factory.mktemp("extra")
-    first = sorted(synthetic_folder.rglob("*.png"))[0]
+    first = sorted(real_folder.rglob("*.png"))[0]
     unlabelled = extra / first.name.replace("_class0", "").replace("_class1", "")
     unlabelled.write_bytes(first.read_bytes())
     corrupt = extra / "corrupt.png"
@@ -133,37 +159,37 @@ def csv_run(tiny_run, synthetic_folder, tmp_path_factory):
     output = extra / "preds.csv"
     result = predict.predict_to_csv(
         str(tiny_run),
-        [str(synthetic_folder), str(unlabelled), str(corrupt), str(extra / "missing.png")],
+        [str(real_folder), str(unlabelled), str(corrupt), str(extra / "missing.png")],
         str(output),
-        batch_size=16,  # 41 readable files: 3 batches, the last one padded
+        batch_size=16,  # 45 readable files: 3 batches, the last one padded
     )
     with output.open(newline="") as f:
         rows = list(csv.DictReader(f))
     return result, rows, output, unlabelled, corrupt
 
 
-def test_csv_has_one_row_per_readable_file_with_what_the_name_says(csv_run, synthetic_patches):
+def test_csv_has_one_row_per_readable_file_with_what_the_name_says(csv_run, real_patches):
     result, rows, output, unlabelled, _ = csv_run
     assert list(rows[0]) == list(inference.CSV_COLUMNS)
-    assert result["predicted"] == len(rows) == 41
+    assert result["predicted"] == len(rows) == len(real_patches["label"]) + 1 == 45
     by_name = {pathlib.Path(r["file"]).name: r for r in rows}
-    for i, name in enumerate(synthetic_patches["file_name"]):
+    for i, name in enumerate(real_patches["file_name"]):
         row = by_name[name]
-        assert int(row["patient"]) == synthetic_patches["patient"][i]
-        assert int(row["x"]) == synthetic_patches["x"][i]
-        assert int(row["y"]) == synthetic_patches["y"][i]
-        assert int(row["true_label"]) == synthetic_patches["label"][i]
+        assert int(row["patient"]) == real_patches["patient"][i]
+        assert int(row["x"]) == real_patches["x"][i]
+        assert int(row["y"]) == real_patches["y"][i]
+        assert int(row["true_label"]) == real_patches["label"][i]
     unlabelled_row = by_name[unlabelled.name]
     assert unlabelled_row["true_label"] == "" and unlabelled_row["patient"] != ""
 
 
 def test_csv_probabilities_match_the_network_applied_directly(
-    csv_run, synthetic_patches, reference_p_idc
+    csv_run, real_patches, reference_p_idc
 ):
     _, rows, *_ = csv_run
     by_name = {pathlib.Path(r["file"]).name: r for r in rows}
-    expected = reference_p_idc(synthetic_patches["image"])
-    got = np.array([float(by_name[n]["p_idc"]) for n in synthetic_patches["file_name"]])
+    expected = reference_p_idc(real_patches["image"])
+    got = np.array([float(by_name[n]["p_idc"]) for n in real_patches["file_name"]])
     np.testing.assert_allclose(got, expected, atol=2e-6)
     # The unlabelled file is a copy of one of them: same pixels, same probability.
     copy = [r for r in rows if r["true_label"] == ""][0]
@@ -205,10 +231,10 @@ def test_validation_threshold_is_the_one_training_recorded(tiny_run):
 
 
 def test_predictor_pads_the_last_batch_and_returns_one_value_per_image(
-    tiny_run, synthetic_patches, reference_p_idc
+    tiny_run, real_patches, reference_p_idc
 ):
     predictor, _, _ = inference.Predictor.from_workdir(tiny_run, batch_size=16)
-    images = synthetic_patches["image"][:21]
+    images = real_patches["image"][:21]
     np.testing.assert_allclose(predictor(images), reference_p_idc(images), atol=2e-6)
     assert predictor(images[:0]).shape == (0,)
 
@@ -219,9 +245,9 @@ def numpy_dihedral_view(images: np.ndarray, k: int) -> np.ndarray:
     return turned[:, :, ::-1] if k >= 4 else turned
 
 
-def test_tta_is_the_mean_of_the_eight_dihedral_views(tiny_run, synthetic_patches):
+def test_tta_is_the_mean_of_the_eight_dihedral_views(tiny_run, real_patches):
     config, model, _ = RunDirectory(tiny_run).restore_model()
-    images = synthetic_patches["image"][:16]
+    images = real_patches["image"][:16]
     single = inference.Predictor(model, config.preprocess, batch_size=16, tta=False)
     tta = inference.Predictor(model, config.preprocess, batch_size=16, tta=True)
     per_view = np.stack([single(numpy_dihedral_view(images, k)) for k in range(8)])
@@ -233,7 +259,7 @@ def test_tta_is_the_mean_of_the_eight_dihedral_views(tiny_run, synthetic_patches
 # ----------------------------------------------------------------------------- the command
 
 
-def test_predict_command_writes_csv_and_prints_throughput(tiny_run, synthetic_folder, tmp_path):
+def test_predict_command_writes_csv_and_prints_throughput(tiny_run, real_folder, tmp_path):
     output = tmp_path / "cli.csv"
     result = run_program(
         "predict.py",
@@ -241,13 +267,13 @@ def test_predict_command_writes_csv_and_prints_throughput(tiny_run, synthetic_fo
         f"--output={output}",
         "--threshold=validation",
         "--batch_size=32",
-        str(synthetic_folder),
+        str(real_folder),
         str(tmp_path / "nothing_here"),
     )
     assert result.returncode == 0, result.stderr
-    assert "40 patches predicted" in result.stdout and "images/s" in result.stdout
+    assert "44 patches predicted" in result.stdout and "images/s" in result.stdout
     assert "1 unreadable" in result.stdout
     assert f"unreadable: {tmp_path / 'nothing_here'}" in result.stderr
     with output.open(newline="") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 40
+    assert len(rows) == 44

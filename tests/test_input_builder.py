@@ -1,7 +1,10 @@
-"""The Kaggle IDC builder end to end: real sample (folder and zip), bad inputs, no TensorFlow."""
+"""The Kaggle IDC builder end to end: real patches (folder and zip), the shipped sample, bad
+inputs, stale preparations, splits that cannot be evaluated, `auto`'s choice, no TensorFlow."""
 
 import io
+import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -12,7 +15,8 @@ import pytest
 from PIL import Image
 
 from configs import default
-from input_pipeline import dataset, sources, synthetic
+from input_pipeline import dataset, sources
+from tests.conftest import EMBEDDED_SAMPLE
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -21,7 +25,7 @@ def _build_kaggle(data_dir: pathlib.Path, manual_dir: pathlib.Path):
     config = default.data_config(
         dataset="kaggle_idc", data_dir=str(data_dir), manual_dir=str(manual_dir)
     )
-    builder = dataset.prepare(config)
+    builder = dataset.prepare(config).builder
     return builder, dataset.load_table(builder)
 
 
@@ -153,35 +157,104 @@ def test_missing_download_says_what_where_and_how_to_avoid_it(tmp_path, make_emp
     message = str(error.value)
     assert "kaggle.com/datasets/paultimothymooney/breast-histopathology-images" in message
     assert str(manual) in message
-    assert "--config.data.dataset=synthetic_idc" in message
+    assert "--config.data.dataset=idc_sample" in message
 
 
-def test_auto_picks_synthetic_without_a_download(tmp_path):
+def test_auto_picks_the_kaggle_set_when_found_and_the_shipped_sample_otherwise(tmp_path):
     config = default.data_config(
-        dataset="auto",
-        data_dir=str(tmp_path),
-        manual_dir=str(tmp_path / "none"),
-        synthetic_size="tiny",
+        dataset="auto", data_dir=str(tmp_path / "tfds"), manual_dir=str(tmp_path / "manual")
     )
-    builder, _ = dataset.make_builder(config)
-    assert builder.name == "synthetic_idc"
+    choice = dataset.choose(config)
+    assert choice.name == "idc_sample" and choice.source_dir == EMBEDDED_SAMPLE
+    assert "no Kaggle download in" in choice.selection and str(EMBEDDED_SAMPLE) in choice.selection
+    patient = EMBEDDED_SAMPLE / "9076"
+    shutil.copytree(patient, tmp_path / "manual" / "9076")
+    choice = dataset.choose(config)
+    assert choice.name == "kaggle_idc" and choice.source_dir == tmp_path / "manual"
+    assert "download was found" in choice.selection
+    dataset.prepare(config)
+    shutil.rmtree(tmp_path / "manual")  # prepared: the download may go
+    choice = dataset.choose(config)
+    assert choice.name == "kaggle_idc" and "is prepared in" in choice.selection
 
 
-def test_synthetic_kaggle_layout_round_trips_through_the_real_builder(tmp_path):
-    examples = synthetic.generate(num_patients=3, num_patches=90, seed=5)
-    synthetic.write_kaggle_layout(examples, tmp_path / "manual")
-    builder, table = _build_kaggle(tmp_path / "tfds", tmp_path / "manual")
-    report = builder.info.metadata["build_report"]
-    assert report["examples_written"] == 90
-    num_border = int(np.sum((examples["height"] < 50) | (examples["width"] < 50)))
-    assert num_border > 0 and report["border_patches_padded"] == num_border
-    order = np.lexsort((examples["file_name"], examples["x"], examples["y"], examples["patient"]))
-    for column in ("label", "patient", "x", "y", "height", "width", "file_name"):
-        np.testing.assert_array_equal(table[column], examples[column][order])
-    np.testing.assert_array_equal(np.asarray(table["image"]), examples["image"][order])
+def test_the_shipped_sample_builds_through_the_sample_config(tmp_path):
+    config = default.data_config(dataset="idc_sample", data_dir=str(tmp_path))
+    data = dataset.load_dataset(config)
+    report = data.info.build_report
+    num_files = len(list(EMBEDDED_SAMPLE.rglob("*.png")))
+    assert report["png_files_found"] == report["examples_written"] == num_files == 3308
+    assert report["patients"] == 171 and report["border_patches_padded"] == 33
+    assert set(report) <= {
+        "png_files_found",
+        "examples_written",
+        "border_patches_padded",
+        "class_folders_missing_or_empty",
+        "patients",
+    }
+    counts = data.info.counts
+    assert [counts[s]["patients"] for s in ("train", "validation", "test")] == [119, 26, 26]
+    assert sum(counts[s]["patches"] for s in counts) == 3308
+    assert data.info.name == "idc_sample" and data.info.source == str(EMBEDDED_SAMPLE)
+    assert data.info.data_dir.endswith("kaggle_idc/sample/1.1.0")
+
+
+def _copy_patients(patients, destination: pathlib.Path) -> None:
+    for patient in patients:
+        shutil.copytree(EMBEDDED_SAMPLE / patient, destination / patient)
+
+
+def test_a_preparation_from_other_files_is_rebuilt_not_reused(tmp_path, caplog):
+    """The trap of issue 14: one data_dir, two manual folders, the old patches loaded silently."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    _copy_patients(["9076"], first)
+    _copy_patients(["9076", "9226", "8914"], second)
+    _, table = _build_kaggle(tmp_path / "tfds", first)
+    assert set(table["patient"].tolist()) == {9076}
+    _, table = _build_kaggle(tmp_path / "tfds", second)
+    assert set(table["patient"].tolist()) == {9076, 9226, 8914}
+    assert "rebuilding it from them" in caplog.text
+    # A changed file changes the fingerprint too: rebuilt again, with the new pixels.
+    caplog.clear()
+    changed = next((second / "9226").rglob("*.png"))
+    os.utime(changed, ns=(changed.stat().st_atime_ns, changed.stat().st_mtime_ns + 10**9))
+    builder, _ = _build_kaggle(tmp_path / "tfds", second)
+    assert "rebuilding it from them" in caplog.text
+    assert builder.info.metadata["source_fingerprint"] == sources.fingerprint(second)
+    # The same files again: the preparation is reused, silently.
+    caplog.clear()
+    _build_kaggle(tmp_path / "tfds", second)
+    assert "rebuilding" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    "patients, protocol, message",
+    [
+        (["9076"], "patient", "validation holds 0 patient(s), 0 patches"),
+        (["9076", "9226", "8914", "12894"], "patient", "fewer than 2 patients"),
+        (["9076", "9226", "8914", "12894"], "random_patch", None),
+    ],
+)
+def test_splits_that_cannot_be_evaluated_are_refused(tmp_path, patients, protocol, message):
+    _copy_patients(patients, tmp_path / "manual")
+    config = default.data_config(
+        dataset="kaggle_idc",
+        data_dir=str(tmp_path / "tfds"),
+        manual_dir=str(tmp_path / "manual"),
+        split=protocol,
+    )
+    if message is None:  # 88 patches of both classes shuffled: every split has both classes
+        data = dataset.load_dataset(config)
+        assert min(data.validation.num_positives, data.test.num_positives) > 0
+        return
+    with pytest.raises(ValueError, match="cannot be evaluated") as error:
+        dataset.load_dataset(config)
+    assert message in str(error.value)
 
 
 def test_builds_and_loads_without_tensorflow(tmp_path):
+    manual = tmp_path / "manual"
+    _copy_patients(sorted(p.name for p in EMBEDDED_SAMPLE.iterdir())[:14], manual)
     # etils/TFDS treat `"tensorflow" in sys.modules` as "TensorFlow is loaded", so the usual
     # sys.modules["tensorflow"] = None breaks TFDS's own import. An import hook that fails to load
     # any tensorflow module is what a machine without TensorFlow looks like to TFDS.
@@ -207,7 +280,7 @@ def test_builds_and_loads_without_tensorflow(tmp_path):
         import input_pipeline
         from configs import default
         ds = input_pipeline.load_dataset(default.data_config(
-            dataset="synthetic_idc", synthetic_size="tiny", data_dir={str(tmp_path)!r}))
+            dataset="kaggle_idc", data_dir={str(tmp_path / "tfds")!r}, manual_dir={str(manual)!r}))
         batch = next(input_pipeline.iterate_batches(ds.train, global_batch_size=8))
         assert batch["image"].shape == (8, 50, 50, 3)
         assert sys.modules.get("tensorflow") is None
@@ -218,4 +291,4 @@ def test_builds_and_loads_without_tensorflow(tmp_path):
         [sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert f"OK {synthetic.SIZES['tiny'].num_patches}" in result.stdout
+    assert f"OK {len(list(manual.rglob('*.png')))}" in result.stdout

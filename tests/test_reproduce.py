@@ -105,18 +105,22 @@ def test_leakage_table_subtracts_patient_from_random_patch(report_only_run):
     assert accuracy["MobileNetV2"][2:] == ["0.880", "0.790", "+0.090"]
 
 
-def test_figures_and_synthetic_stamp(report_only_run):
+def test_figures_are_written_and_linked(report_only_run):
     workdir, report = report_only_run
     for name in ("fig2_mobilenet_v1.png", "fig3_mobilenet_v2.png"):
         assert (workdir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"]({name})" in report
-    assert report.count("**SYNTHETIC DATA.**") == 2  # top and bottom
 
 
-def test_real_data_report_carries_no_synthetic_stamp(tiny_run, tmp_path):
-    four_copies(tiny_run, tmp_path, synthetic=False, dataset="kaggle_idc")
-    report = paper.write_report(tmp_path).read_text()
-    assert "SYNTHETIC" not in report
+def test_the_report_states_its_data_against_the_whole_set(report_only_run, tiny_run):
+    _, report = report_only_run
+    counts = json.loads((tiny_run / "summary.json").read_text())["data_info"]["counts"]
+    patients = sum(part["patients"] for part in counts.values())
+    patches = sum(part["patches"] for part in counts.values())
+    assert patients == 20 and patches == 200  # the tiny real set of conftest.py
+    assert (
+        "20 of the Kaggle set's 279 patients and 200 of its 277,524 patches (0.1%)" in report
+    )
 
 
 def test_missing_run_is_named(tiny_run, tmp_path):
@@ -135,14 +139,14 @@ def test_a_run_in_the_wrong_directory_is_refused(tiny_run, tmp_path):
         paper.load_runs(tmp_path)
 
 
-def test_run_all_trains_only_the_unfinished_run(tiny_run, tmp_path):
+def test_run_all_trains_only_the_unfinished_run(tiny_run, tmp_path, data_dir):
     for model, split in PLANTED_TEST_ACCURACY:
         if (model, split) != ("mobilenet_v1", "random_patch"):
             copy_run(tiny_run, tmp_path, model, split)
     before = {
         d.name: (d / "summary.json").stat().st_mtime_ns for d in tmp_path.iterdir() if d.is_dir()
     }
-    base = tiny_config(tiny_run.parent / "tiny_run_tfds", num_epochs=1)
+    base = tiny_config(data_dir, num_epochs=1)
     reproduce.run_all(base, tmp_path)
     after = {name: (tmp_path / name / "summary.json").stat().st_mtime_ns for name in before}
     assert after == before, "finished runs must be skipped"

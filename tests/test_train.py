@@ -20,12 +20,11 @@ from trainer.sharding import Sharding
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
-# Small enough for CPU tests: alpha 0.25, 32 px, the tiny synthetic set.
+# Small enough for CPU tests: alpha 0.25, 32 px, the tiny real set (conftest.tiny_data_dir).
 TINY_OVERRIDES = (
     "--config.model.alpha=0.25",
     "--config.preprocess.image_size=32",
-    "--config.data.synthetic_size=tiny",
-    "--config.data.dataset=synthetic_idc",
+    "--config.data.dataset=kaggle_idc",
     "--config.global_batch_size=16",
     "--config.eval_batch_size=32",
     "--config.log_every_steps=2",
@@ -37,8 +36,7 @@ def tiny_config(data_dir: pathlib.Path, **overrides):
     config = default.get_config()
     config.model.alpha = 0.25
     config.preprocess.image_size = 32
-    config.data.synthetic_size = "tiny"
-    config.data.dataset = "synthetic_idc"
+    config.data.dataset = "kaggle_idc"
     config.data.data_dir = str(data_dir)
     config.global_batch_size = 16
     config.eval_batch_size = 32
@@ -196,15 +194,17 @@ def test_main_one_epoch_writes_every_output(one_epoch_run):
     for name in ("config.json", "metrics.jsonl", "history.csv", "curves.png", "summary.json"):
         assert (workdir / name).is_file(), name
     summary = json.loads((workdir / "summary.json").read_text())
-    assert summary["synthetic"] is True and summary["dataset"] == "synthetic_idc"
+    assert summary["dataset"] == "kaggle_idc" and summary["data_selection"] == (
+        "data.dataset='kaggle_idc'"
+    )
+    assert summary["data_source"].endswith("downloads/manual")
     assert summary["num_epochs"] == 1
     assert 0.0 <= summary["test"]["accuracy"] <= 1.0
     for key in ("balanced_accuracy", "f1", "roc_auc", "pr_auc", "majority_baseline", "tp"):
         assert key in summary["test"]
     assert summary["trainable_parameters"] > 0 and summary["multiply_adds_per_image"] > 0
     history = (workdir / "history.csv").read_text().splitlines()
-    assert len(history) == 2 and "synthetic" in history[0]
-    assert "SYNTHETIC DATA" in result.stderr
+    assert len(history) == 2 and "val_roc_auc" in history[0]
 
 
 def test_mistyped_config_key_is_an_error(tmp_path, data_dir):
@@ -247,7 +247,7 @@ def test_missing_kaggle_download_says_what_to_do(tmp_path):
     result = run_main(tmp_path / "run", tmp_path / "tfds", "--config.data.dataset=kaggle_idc")
     assert result.returncode == 2
     assert "kaggle.com/datasets/paultimothymooney/breast-histopathology-images" in result.stderr
-    assert "--config.data.dataset=synthetic_idc" in result.stderr
+    assert "--config.data.dataset=idc_sample" in result.stderr
 
 
 def test_bn_recalibration_sets_the_average_batch_statistics(compiled, data_dir):

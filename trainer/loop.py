@@ -98,19 +98,22 @@ def dataset_description(dataset) -> dict:
     info = dataset.info.to_dict()
     return {
         "dataset": info["name"],
-        "synthetic": bool(dataset.info.synthetic),
+        "data_source": info["source"],
+        "data_selection": info["selection"],
         "split": info["split_protocol"],
         "info": info,
     }
 
 
 def log_data_banner(dataset) -> None:
-    if dataset.info.synthetic:
+    if dataset.info.name == "idc_sample":
+        counts = dataset.info.counts
+        patients = sum(part["patients"] for part in counts.values())
         logging.warning(
             "\n" + "=" * 78 + "\n"
-            "  SYNTHETIC DATA: the Kaggle IDC set was not found, so this run trains on the\n"
-            "  procedural synthetic twin (synthetic_idc). Its numbers say nothing about real\n"
-            "  histopathology. README, 'Using the real Kaggle data', says how to get the set.\n"
+            f"  DATA: the real sample shipped in data/idc_sample ({patients} patients), not the\n"
+            "  Kaggle set (277,524 patches of 279 patients): its figures are a quickstart's.\n"
+            "  README, 'Using the real Kaggle data', says how to train on the full set.\n"
             + "=" * 78
         )
     for note in dataset.info.notes:
@@ -251,7 +254,7 @@ def _start_or_resume(context: RunContext, state: TrainState) -> tuple[TrainState
             f"{profile.macs:,}",
         )
         context.writer.write_scalars(
-            0, {"synthetic_data": float(meta["data"]["synthetic"]), "devices": jax.device_count()}
+            0, {"devices": jax.device_count()}
         )
     return state, meta
 
@@ -336,7 +339,6 @@ def _end_of_epoch(context: RunContext, state: TrainState, meta: dict):
         **{f"val_{k}": v for k, v in val_report.items()},
         "val_tuned_threshold": tuned_threshold,
         "dataset": meta["data"]["dataset"],
-        "synthetic": meta["data"]["synthetic"],
     }
     meta["history"].append(record)
     context.writer.write_scalars(
@@ -363,9 +365,8 @@ def _end_of_epoch(context: RunContext, state: TrainState, meta: dict):
 
 def _plot_title(config, meta) -> str:
     data = meta["data"]
-    stamp = " [SYNTHETIC DATA]" if data["synthetic"] else ""
     model = f"{config.model.name} alpha={config.model.alpha}"
-    return f"{model}, {data['dataset']}, split={data['split']}{stamp}"
+    return f"{model}, {data['dataset']}, split={data['split']}"
 
 
 def _final_evaluation(context: RunContext, state: TrainState, meta: dict) -> dict:

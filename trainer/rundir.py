@@ -41,10 +41,6 @@ class Run:
     def finished(self) -> bool:
         return bool(self.summary)
 
-    @property
-    def synthetic(self) -> bool:
-        return bool(self.summary.get("synthetic"))
-
 
 class RunDirectory:
     """The files of one training run."""
