@@ -1,4 +1,4 @@
-"""The bootstrap over patients against resamples materialised row by row.
+"""The bootstrap over patients against resamples materialised row by row, and its figures.
 
 `uncertainty.resampled_metrics` computes each resample's metrics from per-patient statistics
 and the draw counts, never building the resampled set. Here the resampled sets are built (every
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as sklearn_metrics
 
-from trainer import metrics, uncertainty
+from trainer import metrics, paper, uncertainty
 
 
 def synthetic_patients(num_patients, mean_patches, seed, ties=False):
@@ -170,3 +170,36 @@ def test_threshold_metrics_only_and_errors():
         uncertainty.bootstrap_intervals(labels, scores, patients, metric_names=("brier",))
     with pytest.raises(ValueError, match="num_resamples"):
         uncertainty.bootstrap_intervals(labels, scores, patients, num_resamples=0)
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+NO_IDC = ([0, 0], [0.1, 0.7], [1, 1])
+
+
+def _is_png(path):
+    return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_reliability_diagram_and_per_patient_figures_render(tmp_path):
+    labels, scores, patients = synthetic_patients(10, 20, seed=6)
+    curve = metrics.calibration_report(labels, scores * 0.5)  # the bins above 0.5 empty
+    # As read back from summary.json: lists, NaN written as null.
+    as_json = {
+        k: [None if np.isnan(v) else v for v in np.asarray(c, float)] if np.ndim(c) else c
+        for k, c in curve.items()
+    }
+    assert None in as_json["mean_predicted"]  # some bins are empty
+    path = tmp_path / "reliability.png"
+    paper.plot_reliability_diagram(path, [("run A", curve), ("run B", as_json)])
+    assert _is_png(path)
+
+    # Patient 1: no IDC patch, so no per-patient AUC or balanced accuracy.
+    labels, scores, patients = (np.r_[a, b] for a, b in zip((labels, scores, patients), NO_IDC))
+    table = metrics.per_patient_table(labels, scores, patients)
+    assert any(np.isnan(row["roc_auc"]) for row in table)  # some patients have one class
+    rows_json = [{k: (None if v != v else v) for k, v in row.items()} for row in table]
+    path = tmp_path / "per_patient.png"
+    paper.plot_per_patient_distribution(path, [("run A", table), ("run B", rows_json)])
+    assert _is_png(path)
