@@ -29,6 +29,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from trainer import metrics
+
 BOOTSTRAP_METRICS = ("roc_auc", "balanced_accuracy", "f1", "pr_auc", "accuracy")
 THRESHOLD_METRICS = ("balanced_accuracy", "f1", "accuracy")  # those that depend on a threshold
 # Resamples per block of the PR AUC computation: keeps [block, distinct scores] arrays ~2 MB.
@@ -207,12 +209,12 @@ def bootstrap_intervals(
     """Percentile bootstrap intervals over patients of ROC AUC, balanced accuracy, F1 (IDC),
     PR AUC and accuracy (threshold metrics at `threshold`).
 
-    Per metric: `estimate` (on the data as given: NaN where undefined, e.g. balanced accuracy
-    of a set without IDC, where `binary_metrics` reports 0), `low` and `high` (the
-    (1 - confidence) / 2 and (1 + confidence) / 2 percentiles, NumPy's linear interpolation,
-    of the replicates), `num_resamples_used`, and `num_resamples_dropped`: the resamples on
-    which the metric is undefined, left out of its interval. Deterministic for a seed; the
-    same seed draws the same resamples at every threshold.
+    Per metric: `estimate` (`metrics.binary_metrics` on the data as given, but NaN where the
+    metric is undefined, e.g. balanced accuracy of a set without IDC, where it reports 0);
+    `low` and `high`, the (1 - confidence) / 2 and (1 + confidence) / 2 percentiles (NumPy's
+    linear interpolation) of the replicates; `num_resamples_used`; and `num_resamples_dropped`,
+    the resamples on which the metric is undefined, left out of its interval. Deterministic for
+    a seed; the same seed draws the same resamples at every threshold.
 
     Under a random-patch split the test patients also gave patches to training; resampling
     patients still respects the correlation of their test patches, but the interval is then
@@ -226,9 +228,15 @@ def bootstrap_intervals(
     counts = resample_counts(num_patients, num_resamples, seed)
     options = dict(threshold=threshold, metric_names=metric_names)
     replicates = resampled_metrics(labels, probabilities, patients, counts, **options)
-    estimates = resampled_metrics(
+    # The estimates are `binary_metrics`' values (PR AUC there sums in another order), NaN where
+    # the metric is undefined on the data as given.
+    defined = resampled_metrics(
         labels, probabilities, patients, np.ones((1, num_patients)), **options
     )
+    point = metrics.binary_metrics(labels, probabilities, threshold)
+    estimates = {
+        name: np.nan if np.isnan(defined[name][0]) else point[name] for name in metric_names
+    }
     tails = [50.0 * (1.0 - confidence), 50.0 * (1.0 + confidence)]
     report = {
         "method": "percentile bootstrap over patients",
@@ -243,7 +251,7 @@ def bootstrap_intervals(
         defined = replicates[name][~np.isnan(replicates[name])]
         low, high = np.percentile(defined, tails) if len(defined) else (np.nan, np.nan)
         report[name] = {
-            "estimate": float(estimates[name][0]),
+            "estimate": float(estimates[name]),
             "low": float(low),
             "high": float(high),
             "num_resamples_used": len(defined),
