@@ -172,6 +172,20 @@ def test_threshold_metrics_only_and_errors():
         uncertainty.bootstrap_intervals(labels, scores, patients, num_resamples=0)
 
 
+def test_a_single_patient_gives_no_interval():
+    # Every resample of one patient is the data itself: a zero-width interval would read as
+    # certainty, so there is none.
+    labels, scores, _ = synthetic_patients(1, 40, seed=3)
+    report = uncertainty.bootstrap_intervals(labels, scores, np.zeros(len(labels)))
+    assert report["num_patients"] == 1 and report["num_resamples"] == 0 and report["note"]
+    point = metrics.binary_metrics(labels, scores, 0.5)
+    for name in uncertainty.BOOTSTRAP_METRICS:
+        interval = report[name]
+        assert interval["estimate"] == point[name]
+        assert np.isnan(interval["low"]) and np.isnan(interval["high"])
+        assert (interval["num_resamples_used"], interval["num_resamples_dropped"]) == (0, 0)
+
+
 # ----------------------------------------------------------------------------- figures
 
 

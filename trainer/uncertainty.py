@@ -216,6 +216,10 @@ def bootstrap_intervals(
     the resamples on which the metric is undefined, left out of its interval. Deterministic for
     a seed; the same seed draws the same resamples at every threshold.
 
+    With a single patient there is no interval (`num_resamples` 0, low and high NaN, a `note`
+    says why); with few patients (fewer than ~20) percentile intervals are too narrow, as they
+    cannot show more variation between patients than the few at hand.
+
     Under a random-patch split the test patients also gave patches to training; resampling
     patients still respects the correlation of their test patches, but the interval is then
     one of a leaky estimate: it measures sampling noise, not the bias of the leak.
@@ -225,28 +229,33 @@ def bootstrap_intervals(
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
     num_patients = len(np.unique(np.asarray(patients)))
-    counts = resample_counts(num_patients, num_resamples, seed)
+    # Resampling a single patient gives back the data every time: a zero-width interval that
+    # would read as certainty. No interval then (low and high NaN).
+    num_drawn = num_resamples if num_patients >= 2 else 0
+    counts = resample_counts(num_patients, num_drawn, seed)
     options = dict(threshold=threshold, metric_names=metric_names)
     replicates = resampled_metrics(labels, probabilities, patients, counts, **options)
     # The estimates are `binary_metrics`' values (PR AUC there sums in another order), NaN where
     # the metric is undefined on the data as given.
-    defined = resampled_metrics(
+    on_data = resampled_metrics(
         labels, probabilities, patients, np.ones((1, num_patients)), **options
     )
     point = metrics.binary_metrics(labels, probabilities, threshold)
     estimates = {
-        name: np.nan if np.isnan(defined[name][0]) else point[name] for name in metric_names
+        name: np.nan if np.isnan(on_data[name][0]) else point[name] for name in metric_names
     }
     tails = [50.0 * (1.0 - confidence), 50.0 * (1.0 + confidence)]
     report = {
         "method": "percentile bootstrap over patients",
-        "num_resamples": num_resamples,
+        "num_resamples": num_drawn,
         "confidence": confidence,
         "seed": seed,
         "threshold": float(threshold),
         "num_patients": num_patients,
         "num_examples": len(np.asarray(labels)),
     }
+    if num_drawn == 0:
+        report["note"] = "one patient: no interval (every resample of it is the data itself)"
     for name in metric_names:
         defined = replicates[name][~np.isnan(replicates[name])]
         low, high = np.percentile(defined, tails) if len(defined) else (np.nan, np.nan)
@@ -255,6 +264,6 @@ def bootstrap_intervals(
             "low": float(low),
             "high": float(high),
             "num_resamples_used": len(defined),
-            "num_resamples_dropped": num_resamples - len(defined),
+            "num_resamples_dropped": num_drawn - len(defined),
         }
     return report
