@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import jax
 import jax.numpy as jnp
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 
 from configs import default
-from trainer import evaluate, loop, steps
+from trainer import evaluate, loop, metrics, steps
 from trainer import state as state_lib
 from trainer.sharding import Sharding
 
@@ -242,6 +243,26 @@ def _check_test_statistics(summary):
     assert len(per_patient["patients"]) == per_patient["distribution"]["num_patients"]
     assert len(per_patient["patients"]) == test_patients == summary["test"]["num_patients"]
     assert sum(row["patches"] for row in per_patient["patients"]) == summary["test"]["num_examples"]
+
+
+def test_test_statistics_bootstrap_resamples_from_the_config():
+    rng = np.random.default_rng(0)
+    split = types.SimpleNamespace(label=rng.integers(0, 2, 60), patient=np.repeat([4, 2, 9], 20))
+    probabilities = rng.random(60)
+    config = default.get_config()
+    assert config.eval_bootstrap_resamples == 2000
+    config.eval_bootstrap_resamples = 0
+    off = loop._test_statistics(config, split, probabilities, 0.3)
+    assert off["test_intervals"] is None
+    assert off["test_calibration"]["ece"] == metrics.expected_calibration_error(
+        split.label, probabilities
+    )
+    assert [row["patient"] for row in off["test_per_patient"]["patients"]] == [2, 4, 9]
+    config.eval_bootstrap_resamples = 30
+    intervals = loop._test_statistics(config, split, probabilities, 0.3)["test_intervals"]
+    assert intervals["at_0.5"]["num_resamples"] == 30 and intervals["at_0.5"]["threshold"] == 0.5
+    assert intervals["at_validation_threshold"]["threshold"] == 0.3
+    assert "pr_auc" in intervals["at_0.5"] and "pr_auc" not in intervals["at_validation_threshold"]
 
 
 def test_mistyped_config_key_is_an_error(tmp_path, data_dir):
