@@ -79,6 +79,10 @@ def get_config() -> ml_collections.ConfigDict:
     # > 0: before each evaluation, recompute BatchNorm statistics on this many training batches
     # ("precise BN"); fixes the lag of the moving averages in short runs (trainer/evaluate.py).
     config.bn_recalibration_batches = 0
+    # Resamples of the bootstrap over test patients behind summary.json's confidence intervals
+    # (trainer/uncertainty.py; patients, not patches, are the independent unit). A few seconds
+    # at 2000; 0 turns the intervals off.
+    config.eval_bootstrap_resamples = 2000
 
     # "auto": bfloat16 compute on GPU/TPU, float32 on CPU. Parameters stay float32 (float64 when
     # computing in float64, as the sharding tests do).

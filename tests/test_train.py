@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import jax
 import jax.numpy as jnp
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 
 from configs import default
-from trainer import evaluate, loop, steps
+from trainer import evaluate, loop, metrics, steps
 from trainer import state as state_lib
 from trainer.sharding import Sharding
 
@@ -203,8 +204,65 @@ def test_main_one_epoch_writes_every_output(one_epoch_run):
     for key in ("balanced_accuracy", "f1", "roc_auc", "pr_auc", "majority_baseline", "tp"):
         assert key in summary["test"]
     assert summary["trainable_parameters"] > 0 and summary["multiply_adds_per_image"] > 0
+    _check_test_statistics(summary)
     history = (workdir / "history.csv").read_text().splitlines()
     assert len(history) == 2 and "val_roc_auc" in history[0]
+
+
+def _check_test_statistics(summary):
+    """test_intervals, test_calibration and test_per_patient, as JSON gives them back."""
+    test_patients = summary["data_info"]["counts"]["test"]["patients"]
+    intervals = summary["test_intervals"]
+    for key, names in (
+        ("at_0.5", ("roc_auc", "balanced_accuracy", "f1", "pr_auc", "accuracy")),
+        ("at_validation_threshold", ("balanced_accuracy", "f1", "accuracy")),
+    ):
+        block = intervals[key]
+        assert block["num_patients"] == test_patients
+        # One test patient (as in the tiny set): no resamples, no interval.
+        assert block["num_resamples"] == (2000 if test_patients > 1 else 0)
+        tuned = summary["test" if key == "at_0.5" else "test_at_validation_threshold"]
+        assert block["threshold"] == tuned["threshold"]
+        for name in names:
+            interval = block[name]
+            assert interval["estimate"] == tuned[name], (key, name)
+            used, dropped = interval["num_resamples_used"], interval["num_resamples_dropped"]
+            assert used + dropped == block["num_resamples"], (key, name)
+            if used:
+                assert interval["low"] <= interval["high"], (key, name)
+            else:
+                assert interval["low"] is None and interval["high"] is None, (key, name)
+    assert "roc_auc" not in intervals["at_validation_threshold"]
+    calibration = summary["test_calibration"]
+    assert 0.0 <= calibration["ece"] <= 1.0 and 0.0 <= calibration["mce"] <= 1.0
+    assert calibration["ece"] <= calibration["mce"] + 1e-15  # a mean of the gaps, their max
+    assert calibration["ece"] == summary["test"]["ece"]
+    assert sum(calibration["count"]) == summary["test"]["num_examples"]
+    assert len(calibration["bin_edges"]) == calibration["num_bins"] + 1
+    per_patient = summary["test_per_patient"]
+    assert len(per_patient["patients"]) == per_patient["distribution"]["num_patients"]
+    assert len(per_patient["patients"]) == test_patients == summary["test"]["num_patients"]
+    assert sum(row["patches"] for row in per_patient["patients"]) == summary["test"]["num_examples"]
+
+
+def test_test_statistics_bootstrap_resamples_from_the_config():
+    rng = np.random.default_rng(0)
+    split = types.SimpleNamespace(label=rng.integers(0, 2, 60), patient=np.repeat([4, 2, 9], 20))
+    probabilities = rng.random(60)
+    config = default.get_config()
+    assert config.eval_bootstrap_resamples == 2000
+    config.eval_bootstrap_resamples = 0
+    off = loop._test_statistics(config, split, probabilities, 0.3)
+    assert off["test_intervals"] is None
+    assert off["test_calibration"]["ece"] == metrics.expected_calibration_error(
+        split.label, probabilities
+    )
+    assert [row["patient"] for row in off["test_per_patient"]["patients"]] == [2, 4, 9]
+    config.eval_bootstrap_resamples = 30
+    intervals = loop._test_statistics(config, split, probabilities, 0.3)["test_intervals"]
+    assert intervals["at_0.5"]["num_resamples"] == 30 and intervals["at_0.5"]["threshold"] == 0.5
+    assert intervals["at_validation_threshold"]["threshold"] == 0.3
+    assert "pr_auc" in intervals["at_0.5"] and "pr_auc" not in intervals["at_validation_threshold"]
 
 
 def test_mistyped_config_key_is_an_error(tmp_path, data_dir):

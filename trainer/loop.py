@@ -26,7 +26,7 @@ from jax.experimental import multihost_utils
 
 import input_pipeline
 import mobilenets
-from trainer import evaluate, metrics, steps, writers
+from trainer import evaluate, metrics, steps, uncertainty, writers
 from trainer import state as state_lib
 from trainer.checkpoints import BEST_METRIC, Checkpointer
 from trainer.rundir import RunDirectory
@@ -370,7 +370,11 @@ def _plot_title(config, meta) -> str:
 
 
 def _final_evaluation(context: RunContext, state: TrainState, meta: dict) -> dict:
-    """Test metrics of the final model at 0.5 and at the threshold chosen on validation."""
+    """Test metrics of the final model at 0.5 and at the threshold chosen on validation.
+
+    Also the uncertainty of the test metrics (`_test_statistics`): bootstrap intervals over the
+    test patients, calibration, and the per-patient view.
+    """
     config = context.config
     step = int(replicated_to_host(state.step))
     history = meta["history"]
@@ -416,4 +420,54 @@ def _final_evaluation(context: RunContext, state: TrainState, meta: dict) -> dic
         "final_validation": {k[len("val_") :]: v for k, v in last.items() if k.startswith("val_")},
         "test": test_report,
         "test_at_validation_threshold": tuned,
+        **_test_statistics(config, context.dataset.test, test_probabilities, threshold),
+    }
+
+
+# The same resamples of the test patients for every run: intervals of two models evaluated on one
+# test split are then computed on the same resampled sets.
+BOOTSTRAP_SEED = 0
+
+
+def _test_statistics(
+    config: ml_collections.ConfigDict, test, probabilities: np.ndarray, tuned_threshold: float
+) -> dict:
+    """summary.json's `test_intervals`, `test_calibration` and `test_per_patient`.
+
+    `test_intervals`: percentile bootstrap intervals over the test patients
+    (`uncertainty.bootstrap_intervals`, `config.eval_bootstrap_resamples` resamples; None when
+    0): `at_0.5` for every metric, `at_validation_threshold` for the threshold metrics at the
+    threshold tuned on validation (the same resamples). Under the random-patch split the test
+    patients also gave patches to training: resampling patients still respects the correlation
+    of their test patches, but the intervals then describe a leaky estimate (sampling noise only,
+    not the leak's optimism). `test_calibration`: reliability curve, ECE and MCE of P(IDC).
+    `test_per_patient`: one row per test patient and the spread of per-patient AUC and balanced
+    accuracy, with the worst patients.
+    """
+    labels, patients = test.label, test.patient
+    intervals = None
+    if config.eval_bootstrap_resamples > 0:
+        options = dict(num_resamples=config.eval_bootstrap_resamples, seed=BOOTSTRAP_SEED)
+        intervals = {
+            "at_0.5": uncertainty.bootstrap_intervals(
+                labels, probabilities, patients, threshold=0.5, **options
+            ),
+            "at_validation_threshold": uncertainty.bootstrap_intervals(
+                labels,
+                probabilities,
+                patients,
+                threshold=tuned_threshold,
+                metric_names=uncertainty.THRESHOLD_METRICS,
+                **options,
+            ),
+        }
+    table = metrics.per_patient_table(labels, probabilities, patients)
+    return {
+        "test_intervals": intervals,
+        "test_calibration": metrics.calibration_report(labels, probabilities),
+        "test_per_patient": {
+            "threshold": 0.5,
+            "distribution": metrics.per_patient_distribution(table),
+            "patients": table,
+        },
     }

@@ -128,6 +128,144 @@ def best_threshold(labels: np.ndarray, probabilities: np.ndarray) -> float:
     return float(candidates[int(np.argmax(youden))])
 
 
+CALIBRATION_BINS = 15
+
+
+def reliability_curve(
+    labels: np.ndarray, probabilities: np.ndarray, num_bins: int = CALIBRATION_BINS
+) -> dict:
+    """Observed fraction of IDC against mean predicted P(IDC), in equal-width bins of P(IDC).
+
+    Bin k holds the P(IDC) in [edges[k], edges[k + 1]), edges = linspace(0, 1, num_bins + 1);
+    the last bin also holds 1. Returns the edges and, per bin, `count`, `mean_predicted` and
+    `observed_fraction` (NaN in an empty bin).
+    """
+    labels = np.asarray(labels).astype(np.float64)
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    if np.any((probabilities < 0) | (probabilities > 1) | np.isnan(probabilities)):
+        raise ValueError("probabilities must lie in [0, 1]")
+    edges = np.linspace(0.0, 1.0, num_bins + 1)
+    bins = np.minimum(np.searchsorted(edges, probabilities, side="right") - 1, num_bins - 1)
+    count = np.bincount(bins, minlength=num_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_predicted = np.bincount(bins, probabilities, minlength=num_bins) / count
+        observed_fraction = np.bincount(bins, labels, minlength=num_bins) / count
+    return {
+        "bin_edges": edges,
+        "count": count,
+        "mean_predicted": mean_predicted,
+        "observed_fraction": observed_fraction,
+    }
+
+
+def _calibration_gaps(curve: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(|observed - predicted|, count) of the non-empty bins of a reliability curve."""
+    count = np.asarray(curve["count"])
+    filled = count > 0
+    gaps = np.abs(
+        np.asarray(curve["observed_fraction"], np.float64)[filled]
+        - np.asarray(curve["mean_predicted"], np.float64)[filled]
+    )
+    return gaps, count[filled]
+
+
+def expected_calibration_error(
+    labels: np.ndarray, probabilities: np.ndarray, num_bins: int = CALIBRATION_BINS
+) -> float:
+    """ECE = sum over bins of (count / N) * |observed fraction of IDC - mean predicted P(IDC)|.
+
+    The binary, positive-class form, over `reliability_curve`'s equal-width bins of P(IDC) on
+    [0, 1]; not the top-label form, which bins the confidence max(p, 1 - p) against the
+    accuracy of the predicted class. P(IDC) is what the model reports and what a reader takes
+    as a risk ("30% of patches scored 0.3 are IDC"): the positive-class form checks exactly that
+    statement over the whole range of P(IDC), whereas the top-label form only covers [0.5, 1]
+    and folds an error at P(IDC) = 0.2 into the same bin as one at 0.8. NaN without examples.
+    A binned estimate: it depends on the bins and is biased upwards when bins hold few examples.
+    """
+    gaps, count = _calibration_gaps(reliability_curve(labels, probabilities, num_bins))
+    return float(np.sum(count / count.sum() * gaps)) if len(count) else float("nan")
+
+
+def maximum_calibration_error(
+    labels: np.ndarray, probabilities: np.ndarray, num_bins: int = CALIBRATION_BINS
+) -> float:
+    """MCE: the largest |observed fraction - mean predicted| over the non-empty bins."""
+    gaps, _ = _calibration_gaps(reliability_curve(labels, probabilities, num_bins))
+    return float(gaps.max()) if len(gaps) else float("nan")
+
+
+def calibration_report(
+    labels: np.ndarray, probabilities: np.ndarray, num_bins: int = CALIBRATION_BINS
+) -> dict:
+    """The reliability curve with its ECE and MCE (a run's `test_calibration`)."""
+    return {
+        "num_bins": num_bins,
+        "ece": expected_calibration_error(labels, probabilities, num_bins),
+        "mce": maximum_calibration_error(labels, probabilities, num_bins),
+        **reliability_curve(labels, probabilities, num_bins),
+    }
+
+
+def per_patient_table(
+    labels: np.ndarray, probabilities: np.ndarray, patients: np.ndarray, threshold: float = 0.5
+) -> list[dict]:
+    """One row per patient, in increasing patient id: its patches, IDC patches and metrics.
+
+    `accuracy` at `threshold`; `balanced_accuracy` and `roc_auc` only where the patient has both
+    classes (NaN otherwise: a patient with no IDC patch has no recall, and no AUC).
+    """
+    labels = np.asarray(labels).astype(bool)
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    predictions = probabilities >= threshold
+    ids, inverse = np.unique(np.asarray(patients), return_inverse=True)
+    order = np.argsort(inverse, kind="mergesort")
+    rows = []
+    for patient, group in zip(ids, np.split(order, np.cumsum(np.bincount(inverse))[:-1])):
+        patient_labels, patient_predictions = labels[group], predictions[group]
+        both_classes = bool(patient_labels.any() and not patient_labels.all())
+        balanced = roc = float("nan")
+        if both_classes:
+            recall = np.mean(patient_predictions[patient_labels])
+            specificity = np.mean(~patient_predictions[~patient_labels])
+            balanced = float((recall + specificity) / 2.0)
+            roc = roc_auc(patient_labels, probabilities[group])
+        rows.append(
+            {
+                "patient": patient.item(),
+                "patches": len(group),
+                "idc_patches": int(patient_labels.sum()),
+                "accuracy": float(np.mean(patient_labels == patient_predictions)),
+                "balanced_accuracy": balanced,
+                "roc_auc": roc,
+            }
+        )
+    return rows
+
+
+def per_patient_distribution(table: list[dict], num_worst: int = 5) -> dict:
+    """How per-patient ROC AUC and balanced accuracy spread over the patients where defined.
+
+    For each: the number of patients where it is defined, min, quartiles (NumPy's linear
+    percentiles) and max; and the `num_worst` patients with the lowest value (full rows, so
+    their patch counts come along; ties in increasing patient id).
+    """
+    summary: dict = {"num_patients": len(table)}
+    for key in ("roc_auc", "balanced_accuracy"):
+        defined = [row for row in table if not np.isnan(row[key])]
+        values = np.array([row[key] for row in defined], dtype=np.float64)
+        quantiles = np.percentile(values, [0, 25, 50, 75, 100]) if len(values) else [np.nan] * 5
+        summary[key] = {
+            "num_defined": len(values),
+            **{
+                name: float(q)
+                for name, q in zip(("min", "q1", "median", "q3", "max"), quantiles, strict=True)
+            },
+        }
+        worst = sorted(defined, key=lambda row: row[key])[:num_worst]  # stable: by patient id
+        summary[f"worst_by_{key}"] = worst
+    return summary
+
+
 def per_patient_metrics(
     labels: np.ndarray, probabilities: np.ndarray, patients: np.ndarray, threshold: float = 0.5
 ) -> dict:
@@ -135,19 +273,10 @@ def per_patient_metrics(
 
     Balanced accuracy is only defined for patients with both classes; their count is reported.
     """
-    labels = np.asarray(labels).astype(bool)
-    predictions = np.asarray(probabilities) >= threshold
-    patients = np.asarray(patients)
-    accuracies, balanced = [], []
-    for patient in np.unique(patients):
-        rows = patients == patient
-        patient_labels, patient_predictions = labels[rows], predictions[rows]
-        accuracies.append(np.mean(patient_labels == patient_predictions))
-        if patient_labels.any() and not patient_labels.all():
-            recall = np.mean(patient_predictions[patient_labels])
-            specificity = np.mean(~patient_predictions[~patient_labels])
-            balanced.append((recall + specificity) / 2.0)
-    accuracies, balanced = np.asarray(accuracies), np.asarray(balanced)
+    table = per_patient_table(labels, probabilities, patients, threshold)
+    accuracies = np.array([row["accuracy"] for row in table])
+    balanced = np.array([row["balanced_accuracy"] for row in table])
+    balanced = balanced[~np.isnan(balanced)]
     return {
         "num_patients": len(accuracies),
         "patient_accuracy_mean": float(accuracies.mean()) if len(accuracies) else float("nan"),
@@ -167,8 +296,9 @@ def full_report(
     threshold: float = 0.5,
     mean_loss: float | None = None,
 ) -> dict:
-    """binary_metrics + per-patient metrics (+ the mean cross-entropy when given)."""
+    """binary_metrics + ECE + per-patient metrics (+ the mean cross-entropy when given)."""
     report = binary_metrics(labels, probabilities, threshold)
+    report["ece"] = expected_calibration_error(labels, probabilities)
     report.update(per_patient_metrics(labels, probabilities, patients, threshold))
     if mean_loss is not None:
         report["loss"] = float(mean_loss)
