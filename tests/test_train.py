@@ -218,9 +218,8 @@ def _check_test_statistics(summary):
         ("at_validation_threshold", ("balanced_accuracy", "f1", "accuracy")),
     ):
         block = intervals[key]
-        assert block["num_patients"] == test_patients
-        # One test patient (as in the tiny set): no resamples, no interval.
-        assert block["num_resamples"] == (2000 if test_patients > 1 else 0)
+        assert block["num_patients"] == test_patients == 3  # 3 of the tiny set's 20 patients
+        assert block["num_resamples"] == 2000
         tuned = summary["test" if key == "at_0.5" else "test_at_validation_threshold"]
         assert block["threshold"] == tuned["threshold"]
         for name in names:
@@ -228,10 +227,11 @@ def _check_test_statistics(summary):
             assert interval["estimate"] == tuned[name], (key, name)
             used, dropped = interval["num_resamples_used"], interval["num_resamples_dropped"]
             assert used + dropped == block["num_resamples"], (key, name)
-            if used:
-                assert interval["low"] <= interval["high"], (key, name)
-            else:
-                assert interval["low"] is None and interval["high"] is None, (key, name)
+            # Each tiny-set patient has both classes: every resample defines every metric. The
+            # unresampled set is drawn with probability 3!/3^3 = 22%, so the 2.5-97.5 percentile
+            # interval holds its value, the estimate.
+            assert (used, dropped) == (2000, 0), (key, name)
+            assert interval["low"] <= interval["estimate"] <= interval["high"], (key, name)
     assert "roc_auc" not in intervals["at_validation_threshold"]
     calibration = summary["test_calibration"]
     assert 0.0 <= calibration["ece"] <= 1.0 and 0.0 <= calibration["mce"] <= 1.0
