@@ -79,6 +79,9 @@ def get_config() -> ml_collections.ConfigDict:
     # > 0: before each evaluation, recompute BatchNorm statistics on this many training batches
     # ("precise BN"); fixes the lag of the moving averages in short runs (trainer/evaluate.py).
     config.bn_recalibration_batches = 0
+    # True: every evaluation (validation and test) averages P(IDC) over the 8 dihedral views of
+    # each patch (test-time augmentation); training is unchanged.
+    config.eval_tta = False
     # Resamples of the bootstrap over test patients behind summary.json's confidence intervals
     # (trainer/uncertainty.py; patients, not patches, are the independent unit). A few seconds
     # at 2000; 0 turns the intervals off.

@@ -11,9 +11,8 @@
 * `Predictor` runs the network in eval mode (BatchNorm with its running statistics, no dropout) in
   one jitted function of a fixed batch size, compiled ahead of time; the last batch is padded, so a
   single compilation serves any number of files. Batches are sharded over every device.
-* Test-time augmentation averages P(IDC) over the 8 symmetries of the square (4 rotations x
-  mirror, `input_pipeline.dihedral_view`). Tissue has no preferred orientation, so the 8 views are
-  equally valid inputs, and their mean is a lower-variance estimate than any single view.
+* Test-time augmentation averages P(IDC) over the 8 symmetries of the square, as the trainer's
+  evaluation does with `config.eval_tta` (`steps.mean_log_probabilities`).
 """
 
 from __future__ import annotations
@@ -33,7 +32,6 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-import input_pipeline
 from input_pipeline.patches import (
     PATCH_SIZE,
     WHITE,
@@ -42,10 +40,10 @@ from input_pipeline.patches import (
     load_patches,
     parse_patch_name,
 )
+from trainer import steps
 from trainer.rundir import RunDirectory
 from trainer.sharding import Sharding, to_host
 
-NUM_DIHEDRAL_VIEWS = 8
 CSV_COLUMNS = ("file", "patient", "x", "y", "p_idc", "predicted_label", "true_label")
 
 
@@ -57,19 +55,11 @@ def predict_probabilities(
     preprocess_config: ml_collections.ConfigDict,
     views: tuple[int, ...],
 ) -> jax.Array:
-    """Mean P(IDC) over the dihedral `views` of uint8 patches [B, 50, 50, 3] -> float32 [B].
-
-    The views go through the network as one batch of len(views) * B images: the model is in eval
-    mode (BatchNorm uses its running statistics), so each image's output does not depend on its
-    batch-mates, and one large batch uses an accelerator better than eight small ones. Each view
-    is taken of the raw patch and then preprocessed, exactly as a user would feed a rotated file.
-    """
+    """Mean P(IDC) over the dihedral `views` of uint8 patches [B, 50, 50, 3] -> [B], as the
+    evaluation of training computes it (`steps.mean_log_probabilities`)."""
     model = nnx.merge(graphdef, state)
-    all_views = jnp.concatenate([input_pipeline.dihedral_view(images, k) for k in views])
-    inputs = input_pipeline.preprocess(all_views, preprocess_config, train=False, rng=None)
-    logits = model(inputs).astype(jnp.float32)
-    p_idc = jax.nn.softmax(logits)[:, 1].reshape(len(views), images.shape[0])
-    return jnp.mean(p_idc, axis=0)
+    log_probs = steps.mean_log_probabilities(model, images, preprocess_config, views)
+    return jnp.exp(log_probs[:, 1])
 
 
 class Predictor:
@@ -92,7 +82,7 @@ class Predictor:
         devices = jax.device_count()
         self.batch_size = max(devices, -(-batch_size // devices) * devices)
         self.tta = tta
-        self.views = tuple(range(NUM_DIHEDRAL_VIEWS)) if tta else (0,)
+        self.views = steps.ALL_VIEWS if tta else (0,)
         graphdef, state = nnx.split(model)
         self._state = jax.device_put(state, self.sharding.replicated)
         jitted = jax.jit(

@@ -60,7 +60,10 @@ def compile_steps(
     )
     jit_eval_step = jax.jit(
         functools.partial(
-            steps.eval_step, graphdef=eval_graph, preprocess_config=config.preprocess
+            steps.eval_step,
+            graphdef=eval_graph,
+            preprocess_config=config.preprocess,
+            views=steps.ALL_VIEWS if config.eval_tta else (0,),
         ),
         in_shardings=(sharding.replicated, sharding.batch),
         out_shardings=sharding.batch,

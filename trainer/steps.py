@@ -19,6 +19,8 @@ import input_pipeline
 from trainer.state import TrainMetrics, TrainState
 
 BATCH_KEYS = ("image", "label", "mask")  # what a train step reads of a batch
+NUM_DIHEDRAL_VIEWS = 8
+ALL_VIEWS = tuple(range(NUM_DIHEDRAL_VIEWS))
 
 
 def cross_entropy_loss(
@@ -140,19 +142,43 @@ def train_step(
     )
 
 
+def mean_log_probabilities(
+    model: nnx.Module,
+    images: jax.Array,
+    preprocess_config: ml_collections.ConfigDict,
+    views: tuple[int, ...] = (0,),
+) -> jax.Array:
+    """log of the mean class probabilities over the dihedral `views` of uint8 patches, [B, 2].
+
+    Test-time augmentation: tissue has no preferred orientation, so the 8 symmetries of the
+    square (4 rotations x mirror, `input_pipeline.dihedral_view`) are equally valid inputs and
+    their mean probability is a lower-variance estimate than any one view's. The views go through
+    the network as one batch of len(views) * B images; the model must be in eval mode (running
+    BatchNorm statistics), so that an image's output does not depend on its batch-mates. Each
+    view is taken of the raw patch and then preprocessed, as a user would feed a rotated file.
+    """
+    all_views = jnp.concatenate([input_pipeline.dihedral_view(images, k) for k in views])
+    inputs = input_pipeline.preprocess(all_views, preprocess_config, train=False, rng=None)
+    logits = model(inputs)
+    log_probs = jax.nn.log_softmax(logits.astype(jnp.promote_types(logits.dtype, jnp.float32)))
+    per_view = log_probs.reshape(len(views), images.shape[0], -1)
+    return jax.nn.logsumexp(per_view, axis=0) - jnp.log(len(views))
+
+
 def eval_step(
     state: TrainState,
     batch: Mapping[str, jax.Array],
     *,
     graphdef: nnx.GraphDef,
     preprocess_config: ml_collections.ConfigDict,
+    views: tuple[int, ...] = (0,),
 ) -> tuple[jax.Array, jax.Array]:
-    """P(IDC) and the cross-entropy of every example of the batch (running BN statistics)."""
-    images = input_pipeline.preprocess(batch["image"], preprocess_config, train=False, rng=None)
+    """P(IDC) and the cross-entropy of every example of the batch (running BN statistics),
+    averaged over the dihedral `views` (test-time augmentation when there are several)."""
     model = nnx.merge(graphdef, state.params, state.batch_stats, state.rng_streams)
-    logits = model(images)
-    _, per_example = cross_entropy_loss(logits, batch["label"], batch["mask"])
-    return jax.nn.softmax(logits.astype(per_example.dtype))[:, 1], per_example
+    log_probs = mean_log_probabilities(model, batch["image"], preprocess_config, views)
+    per_example = -jnp.take_along_axis(log_probs, batch["label"][:, None], axis=-1)[:, 0]
+    return jnp.exp(log_probs[:, 1]), per_example
 
 
 def batch_statistics(
