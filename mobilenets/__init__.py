@@ -6,8 +6,9 @@
     mobilenets.profile("mobilenet_v2", alpha=1.0, image_size=224, num_classes=1000)
 
 The package, in reading order:
-  layers.py        make_divisible, ConvBN (conv + BatchNorm + ReLU6), the head, a network
-                   read from its architecture table
+  layers.py        make_divisible, the activations, ConvBN (conv + BatchNorm + activation),
+                   the classifier head
+  network.py       a MobileNet read from its architecture table
   mobilenet_v1.py  the depthwise-separable block and Table 1
   mobilenet_v2.py  the inverted residual with its linear bottleneck and Table 2
   profile.py       parameters, statistics and multiply-adds of a built network
@@ -24,12 +25,13 @@ import jax
 from flax import nnx
 
 from mobilenets import cpu as _cpu  # noqa: F401  (registers the "cpu" implementation)
-from mobilenets.layers import IMPLEMENTATIONS, ConvBN, MobileNet, make_divisible
+from mobilenets.layers import IMPLEMENTATIONS, ConvBN, make_divisible
 from mobilenets.mobilenet_v1 import MobileNetV1
 from mobilenets.mobilenet_v2 import MobileNetV2
+from mobilenets.network import MobileNet
 from mobilenets.profile import Profile, profile_model
 
-ARCHITECTURES: dict[str, Callable[..., MobileNet]] = {
+ARCHITECTURES: dict[str, Callable[..., nnx.Module]] = {
     "mobilenet_v1": MobileNetV1,
     "mobilenet_v2": MobileNetV2,
 }
@@ -47,10 +49,10 @@ def resolve_implementation(implementation: str) -> str:
     return implementation
 
 
-def create(name: str, *, implementation: str = "auto", **kwargs) -> MobileNet:
-    """Builds the network registered as `name` ("mobilenet_v1" or "mobilenet_v2").
+def create(name: str, *, implementation: str = "auto", **kwargs) -> nnx.Module:
+    """Builds the network registered as `name` (a key of `ARCHITECTURES`).
 
-    `kwargs` are those of `layers.MobileNet`: num_classes, alpha, dropout_rate, bn_momentum,
+    `kwargs` are those of `network.MobileNet`: num_classes, alpha, dropout_rate, bn_momentum,
     bn_epsilon, dtype, param_dtype and (required) rngs.
     """
     if name not in ARCHITECTURES:
