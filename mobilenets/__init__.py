@@ -1,4 +1,4 @@
-"""MobileNetV1 and MobileNetV2 in Flax NNX, layer for layer as the Keras applications.
+"""MobileNetV1, V2 and V3 in Flax NNX, layer for layer as the Keras applications.
 
     import mobilenets
     model = mobilenets.create("mobilenet_v2", num_classes=2, alpha=1.0, rngs=nnx.Rngs(0))
@@ -11,6 +11,7 @@ The package, in reading order:
   network.py       a MobileNet read from its architecture table
   mobilenet_v1.py  the depthwise-separable block and Table 1
   mobilenet_v2.py  the inverted residual with its linear bottleneck and Table 2
+  mobilenet_v3.py  squeeze-and-excitation, the bneck block, the Small and Large tables
   profile.py       parameters, statistics and multiply-adds of a built network
   cpu/             the same computation, faster on CPUs (custom gradients, native kernels);
                    registered here as implementation "cpu", never imported by the definitions
@@ -28,12 +29,24 @@ from mobilenets import cpu as _cpu  # noqa: F401  (registers the "cpu" implement
 from mobilenets.layers import IMPLEMENTATIONS, ConvBN, make_divisible
 from mobilenets.mobilenet_v1 import MobileNetV1
 from mobilenets.mobilenet_v2 import MobileNetV2
+from mobilenets.mobilenet_v3 import (
+    MobileNetV3Large,
+    MobileNetV3LargeMinimalistic,
+    MobileNetV3Small,
+    MobileNetV3SmallMinimalistic,
+)
 from mobilenets.network import MobileNet
 from mobilenets.profile import Profile, profile_model
 
+# Every network takes the keyword arguments of `network.MobileNet`.
 ARCHITECTURES: dict[str, Callable[..., nnx.Module]] = {
     "mobilenet_v1": MobileNetV1,
     "mobilenet_v2": MobileNetV2,
+    "mobilenet_v3_small": MobileNetV3Small,
+    "mobilenet_v3_large": MobileNetV3Large,
+    # Keras' minimalistic=True: 3x3 kernels, ReLU, no squeeze-and-excitation.
+    "mobilenet_v3_small_minimalistic": MobileNetV3SmallMinimalistic,
+    "mobilenet_v3_large_minimalistic": MobileNetV3LargeMinimalistic,
 }
 IMPLEMENTATION_CHOICES = ("auto", "reference", *IMPLEMENTATIONS)
 
@@ -84,6 +97,8 @@ __all__ = [
     "MobileNet",
     "MobileNetV1",
     "MobileNetV2",
+    "MobileNetV3Large",
+    "MobileNetV3Small",
     "Profile",
     "create",
     "make_divisible",
