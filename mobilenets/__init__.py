@@ -1,4 +1,4 @@
-"""MobileNetV1, V2 and V3 in Flax NNX, layer for layer as the Keras applications.
+"""MobileNetV1, V2, V3 and ResNet-50 in Flax NNX, layer for layer as the Keras applications.
 
     import mobilenets
     model = mobilenets.create("mobilenet_v2", num_classes=2, alpha=1.0, rngs=nnx.Rngs(0))
@@ -12,6 +12,7 @@ The package, in reading order:
   mobilenet_v1.py  the depthwise-separable block and Table 1
   mobilenet_v2.py  the inverted residual with its linear bottleneck and Table 2
   mobilenet_v3.py  squeeze-and-excitation, the bneck block, the Small and Large tables
+  resnet.py        ResNet-50: the bottleneck block, its table, stem and max pooling
   profile.py       parameters, statistics and multiply-adds of a built network
   cpu/             the same computation, faster on CPUs (custom gradients, native kernels);
                    registered here as implementation "cpu", never imported by the definitions
@@ -37,8 +38,9 @@ from mobilenets.mobilenet_v3 import (
 )
 from mobilenets.network import MobileNet
 from mobilenets.profile import Profile, profile_model
+from mobilenets.resnet import ResNet, ResNet50
 
-# Every network takes the keyword arguments of `network.MobileNet`.
+# Every network takes the keyword arguments of `network.MobileNet` (ResNet only alpha = 1).
 ARCHITECTURES: dict[str, Callable[..., nnx.Module]] = {
     "mobilenet_v1": MobileNetV1,
     "mobilenet_v2": MobileNetV2,
@@ -47,6 +49,7 @@ ARCHITECTURES: dict[str, Callable[..., nnx.Module]] = {
     # Keras' minimalistic=True: 3x3 kernels, ReLU, no squeeze-and-excitation.
     "mobilenet_v3_small_minimalistic": MobileNetV3SmallMinimalistic,
     "mobilenet_v3_large_minimalistic": MobileNetV3LargeMinimalistic,
+    "resnet50": ResNet50,
 }
 IMPLEMENTATION_CHOICES = ("auto", "reference", *IMPLEMENTATIONS)
 
@@ -66,7 +69,7 @@ def create(name: str, *, implementation: str = "auto", **kwargs) -> nnx.Module:
     """Builds the network registered as `name` (a key of `ARCHITECTURES`).
 
     `kwargs` are those of `network.MobileNet`: num_classes, alpha, dropout_rate, bn_momentum,
-    bn_epsilon, dtype, param_dtype and (required) rngs.
+    bn_epsilon, dtype, param_dtype and (required) rngs. ResNet-50 accepts only alpha 1.0.
     """
     if name not in ARCHITECTURES:
         raise ValueError(f"unknown model {name!r}; choose from {sorted(ARCHITECTURES)}")
@@ -100,6 +103,8 @@ __all__ = [
     "MobileNetV3Large",
     "MobileNetV3Small",
     "Profile",
+    "ResNet",
+    "ResNet50",
     "create",
     "make_divisible",
     "profile",
