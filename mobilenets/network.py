@@ -6,8 +6,8 @@
 * `MobileNet`: the network an `Architecture` describes. `mobilenet_v1.py`, `mobilenet_v2.py` and
   `mobilenet_v3.py` declare their networks as `functools.partial(MobileNet, ARCHITECTURE)`.
 
-`resnet.py` reads its table the same way (`Architecture.block_configs`, `make_block`) into its own
-network class: its stem and head are not a MobileNet's.
+`resnet.py` reads its table the same way (`Architecture.blocks`) into its own network class:
+its stem (with max pooling) is not a MobileNet's.
 """
 
 from __future__ import annotations
