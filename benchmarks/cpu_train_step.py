@@ -1,12 +1,14 @@
 """CPU train-step benchmark: JAX (each implementation) against PyTorch, same machine and run.
 
 One train step = forward + backward + Adam update (+ BatchNorm running statistics), jitted with the
-state donated, float32, batch 64 by default, for MobileNetV1/V2 at 50 and 96 px. PyTorch (optional,
+state donated, float32, batch 64 by default, for MobileNetV1/V2 at 50 and 96 px (`--models` takes
+any name of `mobilenets.ARCHITECTURES`: also the V3s and ResNet-50). PyTorch (optional,
 `pip install -r benchmarks/requirements-peers.txt`) runs hand-written equivalents of the same nets
 (`benchmarks/torch_models.py`) with `torch.optim.Adam`, in NCHW and channels-last layouts.
 
     python benchmarks/cpu_train_step.py  # full table, ~5 minutes on 2 idle cores
     python benchmarks/cpu_train_step.py --models mobilenet_v1 --sizes 50 --repeats 3
+    python benchmarks/cpu_train_step.py --models mobilenet_v3_small resnet50 --sizes 96
 
 Prints a table and writes JSON (default benchmarks/results/cpu_train_step.json). Ratios are
 JAX time / best PyTorch time of the same model and size in this run (< 1: JAX faster).
@@ -113,7 +115,14 @@ def time_torch(name, size, batch, channels_last, repeats):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["mobilenet_v1", "mobilenet_v2"])
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=["mobilenet_v1", "mobilenet_v2"],
+        choices=sorted(mobilenets.ARCHITECTURES),
+        metavar="MODEL",
+        help=f"any of {', '.join(sorted(mobilenets.ARCHITECTURES))}",
+    )
     parser.add_argument("--sizes", nargs="+", type=int, default=[50, 96])
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
@@ -177,7 +186,8 @@ def main(argv=None):
                 if row["model"] == name and row["size"] == size and best_torch:
                     row["ratio_to_best_torch"] = row["ms"] / best_torch
 
-    header = f"{'model':<14}{'px':>4}  {'framework':<8}{'variant':<15}{'ms/step':>9}"
+    width = max(14, *(len(name) + 1 for name in args.models))
+    header = f"{'model':<{width}}{'px':>4}  {'framework':<10}{'variant':<15}{'ms/step':>9}"
     header += f"{'compile s':>11}{'vs torch':>10}"
     load = (load_before, os.getloadavg()[0])
     print(
@@ -189,7 +199,7 @@ def main(argv=None):
         compile_s = f"{row['compile_s']:.1f}" if row["compile_s"] is not None else "-"
         ratio = f"{row['ratio_to_best_torch']:.2f}" if "ratio_to_best_torch" in row else "-"
         print(
-            f"{row['model']:<14}{row['size']:>4}  {row['framework']:<8}{row['variant']:<15}"
+            f"{row['model']:<{width}}{row['size']:>4}  {row['framework']:<10}{row['variant']:<15}"
             f"{row['ms']:>9.0f}{compile_s:>11}{ratio:>10}"
         )
 

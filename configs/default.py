@@ -4,8 +4,9 @@
 from scratch on the Kaggle IDC patches with Adam at 1e-4 for 5 epochs, softmax cross-entropy, and a
 global-average-pooling + fully connected head on resized images. Everything here reproduces that;
 the optional improvements (schedule, weight decay, label smoothing, class weights, augmentation) are
-off. `configs/v1.py` and `configs/v2.py` pick the network; override any key on the command line,
-e.g. `--config.num_epochs=1`. A mistyped key is an error: the config is locked.
+off. `configs/v1.py` and `configs/v2.py` pick the network (`v3_small.py`, `v3_large.py` and
+`resnet50.py` train newer and larger peers with the same recipe); override any key on the command
+line, e.g. `--config.num_epochs=1`. A mistyped key is an error: the config is locked.
 
 Choices the paper leaves open, and why:
 - image_size 96: the 50x50 patches are resized (bilinear) to 96x96, the smallest input size for
@@ -27,10 +28,13 @@ def get_config() -> ml_collections.ConfigDict:
 
     config.model = ml_collections.ConfigDict(
         dict(
+            # A key of mobilenets.ARCHITECTURES: mobilenet_v1, mobilenet_v2, mobilenet_v3_small,
+            # mobilenet_v3_large, mobilenet_v3_small_minimalistic,
+            # mobilenet_v3_large_minimalistic, resnet50.
             name="mobilenet_v1",
-            alpha=1.0,  # width multiplier (Howard et al. 2017)
-            # None: the Keras applications' defaults (dropout V1 1e-3, V2 0; BN momentum V1 0.99,
-            # V2 0.999; epsilon 1e-3).
+            alpha=1.0,  # width multiplier (Howard et al. 2017); ResNet-50 takes only 1.0
+            # None: the Keras applications' defaults (dropout V1 1e-3, V2 0, V3 0.2, ResNet 0;
+            # BN momentum V1 0.99, V2 and V3 0.999, ResNet 0.99; epsilon 1e-3, ResNet 1.001e-5).
             dropout_rate=config_dict.placeholder(float),
             bn_momentum=config_dict.placeholder(float),
             bn_epsilon=config_dict.placeholder(float),

@@ -1,29 +1,35 @@
-"""The parts MobileNetV1 and MobileNetV2 share, each written once.
+"""The units every network of the package is built from, each written once.
 
-* `make_divisible`: MobileNetV2's channel rounding after the width multiplier.
-* `ConvBN`: convolution, BatchNorm, then ReLU6 or nothing: the unit every layer of both networks
-  is made of. With `groups` equal to the channel count it is the depthwise convolution of the
-  depthwise-separable factorisation (Howard et al. 2017, Sec. 3.1): one 3x3 filter per channel.
-  With a 1x1 kernel it is the pointwise convolution that mixes the channels. Without the
+* `make_divisible`: MobileNetV2's (and V3's) channel rounding after the width multiplier.
+* `relu6`, `hard_swish`, `hard_sigmoid`: the nonlinearities, by name in `ACTIVATIONS`.
+* `ConvBN`: convolution, BatchNorm, then an activation or nothing: the unit every layer of the
+  networks is made of. With `groups` equal to the channel count it is the depthwise convolution of
+  the depthwise-separable factorisation (Howard et al. 2017, Sec. 3.1): one k x k filter per
+  channel. With a 1x1 kernel it is the pointwise convolution that mixes the channels. Without the
   activation it is MobileNetV2's *linear* bottleneck projection (Sandler et al. 2018, Sec. 3.2).
-* `ClassifierHead`: global average pooling, dropout and the fully connected classifier.
-* `Stage` and `MobileNet`: a network read from its architecture table (stem, blocks, optional
-  last 1x1 convolution, head). `mobilenet_v1.py` and `mobilenet_v2.py` declare the two networks.
+* `ClassifierHead`: global average pooling, an optional dense layer (MobileNetV3's), dropout and
+  the fully connected classifier.
+
+`network.py` reads a network from its architecture table; `mobilenet_v1.py`, `mobilenet_v2.py`,
+`mobilenet_v3.py` and `resnet.py` declare the networks.
 
 Conventions. Images and activations are NHWC and kernels HWIO, the layout of `nnx.Conv` and of
-Keras, so weights port directly. Padding is TensorFlow's 'SAME' (`same_padding`).
+Keras, so weights port directly. Padding is TensorFlow's 'SAME' (`same_padding`) unless a unit
+asks for Keras' explicit zero padding (ResNet's stem).
 
 Initialisers. Every convolution kernel is He normal with the fan counted as *fan in*,
 `variance_scaling(2.0, "fan_in", "truncated_normal")`, the scale that keeps the activation
 variance constant through ReLU-type layers (He et al. 2015). Fan *in* matters for the depthwise
 kernel: its HWIO shape is (3, 3, 1, C), so a fan-*out* (or Glorot) initialiser counts 9 * C as the
 fan although each output mixes only 9 inputs, and draws weights about sqrt(C) times too small
-(torchvision's `kaiming_normal_(mode="fan_out")` and Keras' Glorot both do). BatchNorm starts as
-the identity; the classifier is Glorot uniform with zero bias, the Keras default.
+(torchvision's `kaiming_normal_(mode="fan_out")` and Keras' Glorot both do). The dense layers on
+pooled features that stand for 1x1 convolutions in Keras (MobileNetV3's squeeze-and-excitation and
+its last 1x1 convolution) are convolutions too and get the same initialiser. BatchNorm starts as
+the identity; the classifier is Glorot uniform; every bias starts at zero, the Keras defaults.
 
 Precision. Parameters are `param_dtype` (float32); convolutions multiply in the compute `dtype`
-(e.g. bfloat16 on a GPU) and accumulate in at least float32; BatchNorm, pooling and the
-classifier run in at least float32; activations between layers are stored in `dtype`.
+(e.g. bfloat16 on a GPU) and accumulate in at least float32; BatchNorm, pooling and the layers on
+pooled features run in at least float32; activations between layers are stored in `dtype`.
 
 Speed. `ConvBN(implementation=...)` is the one switch to a faster formulation of the same unit:
 `IMPLEMENTATIONS` maps a name to a function computing what `ConvBN.__call__` computes. The
@@ -32,9 +38,7 @@ CPU path (`mobilenets/cpu/`) registers itself there; nothing in this file depend
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -80,12 +84,34 @@ def same_padding(size: int, kernel_size: int, stride: int) -> tuple[int, tuple[i
 
 
 def relu6(x: jax.Array) -> jax.Array:
-    """min(max(x, 0), 6): the ReLU of both papers, bounded for robustness in low precision."""
+    """min(max(x, 0), 6): MobileNetV1's and V2's ReLU, bounded for robustness in low precision."""
     return jnp.clip(x, 0.0, 6.0)
 
 
-# The activations a ConvBN can end in, by name; None leaves it linear.
-ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {"relu6": relu6, "relu": jax.nn.relu}
+def hard_sigmoid(x: jax.Array) -> jax.Array:
+    """relu6(x + 3) / 6, a piecewise-linear sigmoid (Howard et al. 2019, Sec. 5.2).
+
+    Written as Keras' MobileNetV3 writes it, a product with 1/6.
+    """
+    return relu6(x + 3.0) * (1.0 / 6.0)
+
+
+def hard_swish(x: jax.Array) -> jax.Array:
+    """x * relu6(x + 3) / 6: swish, x * sigmoid(x), with the sigmoid made piecewise linear
+    (Howard et al. 2019, Sec. 5.2): cheap on every device and exact in fixed point.
+
+    Rounded as Keras' `hard_swish` (`x * hard_sigmoid(x)` with a division by 6).
+    """
+    return x * (relu6(x + 3.0) / 6.0)
+
+
+# The activations a ConvBN (and the dense layers on pooled features) can end in, by name; None
+# leaves a unit linear.
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "relu6": relu6,
+    "relu": jax.nn.relu,
+    "hard_swish": hard_swish,
+}
 
 
 def accumulation_dtype(dtype) -> jnp.dtype:
@@ -98,7 +124,9 @@ class ConvBN(nnx.Module):
 
     `groups=in_features` makes the convolution depthwise, one filter per channel;
     `activation=None` leaves the output linear (another name from `ACTIVATIONS` picks another
-    function); `use_bias=True` gives the convolution a bias (Keras' ResNet has one). In training
+    function); `use_bias=True` gives the convolution a bias (Keras' ResNet has one). `padding` is
+    "SAME" (TensorFlow's) or a number of zero rows and columns added on every side before a
+    'valid' convolution (Keras' `ZeroPadding2D` + `Conv2D`, as in ResNet's stem). In training
     mode `nnx.BatchNorm` normalises with the batch's statistics and updates its running averages;
     in evaluation mode it uses them.
     """
@@ -113,6 +141,7 @@ class ConvBN(nnx.Module):
         groups: int = 1,
         activation: str | None = "relu6",
         use_bias: bool = False,
+        padding: str | int = "SAME",
         bn_momentum: float,
         bn_epsilon: float,
         dtype=jnp.float32,
@@ -125,12 +154,14 @@ class ConvBN(nnx.Module):
             raise ValueError(f"unknown implementation {implementation!r}; choose from {known}")
         if activation is not None and activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; choose from {list(ACTIVATIONS)}")
+        if padding != "SAME" and not isinstance(padding, int):
+            raise ValueError(f"padding must be 'SAME' or a number of pixels, not {padding!r}")
         self.conv = nnx.Conv(
             in_features,
             out_features,
             kernel_size=(kernel_size, kernel_size),
             strides=stride,
-            padding="SAME",
+            padding=padding if padding == "SAME" else ((padding, padding), (padding, padding)),
             feature_group_count=groups,
             use_bias=use_bias,
             kernel_init=conv_kernel_init,
@@ -148,6 +179,7 @@ class ConvBN(nnx.Module):
             rngs=rngs,
         )
         self.activation = activation
+        self.padding = padding
         self.dtype = dtype
         self.implementation = implementation
 
@@ -170,6 +202,13 @@ class ConvBN(nnx.Module):
             return "depthwise"
         return "pointwise" if self.conv.kernel_size == (1, 1) else "dense"
 
+    def output_size(self, size: int) -> int:
+        """Side of the output for a `size` x `size` input."""
+        kernel_size = self.conv.kernel_size[0]
+        if self.padding == "SAME":
+            return same_padding(size, kernel_size, self.stride)[0]
+        return (size + 2 * self.padding - kernel_size) // self.stride + 1
+
     def __call__(self, x: jax.Array) -> jax.Array:
         if self.implementation != "reference":
             return IMPLEMENTATIONS[self.implementation](self, x)
@@ -180,11 +219,15 @@ class ConvBN(nnx.Module):
 
 
 class ClassifierHead(nnx.Module):
-    """Global average pooling, dropout, fully connected classifier; returns the logits.
+    """Global average pooling, [dense + activation,] dropout, fully connected classifier; returns
+    the logits.
 
-    Pooling replaces the fully connected layers of older networks (both papers); Keras'
-    MobileNetV1 applies dropout (1e-3) before its classifier, a 1x1 convolution on the pooled
-    1x1 map and therefore this dense layer.
+    Pooling replaces the fully connected layers of older networks (all three MobileNet papers).
+    MobileNetV3 (Howard et al. 2019, Sec. 5.1) moves its last wide layer behind the pooling, where
+    it costs one multiply-add per weight instead of one per weight and pixel: `hidden_features`
+    channels with bias and `hidden_activation`, no BatchNorm (Keras' `conv_2`). Keras applies
+    dropout (V1 1e-3, V3 0.2) just before its classifier, a 1x1 convolution on the pooled 1x1
+    map and therefore this dense layer; Keras' V3 `conv_2` is such a convolution too.
     """
 
     def __init__(
@@ -193,169 +236,39 @@ class ClassifierHead(nnx.Module):
         num_classes: int,
         *,
         dropout_rate: float,
+        hidden_features: int | None = None,
+        hidden_activation: str = "relu",
         dtype=jnp.float32,
         param_dtype=jnp.float32,
         rngs: nnx.Rngs,
     ):
         self.dtype = accumulation_dtype(dtype)
-        self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)
-        self.classifier = nnx.Linear(
-            in_features,
-            num_classes,
-            kernel_init=classifier_kernel_init,
+        dense = dict(
             bias_init=nnx.initializers.zeros_init(),
             dtype=self.dtype,
             param_dtype=param_dtype,
             rngs=rngs,
         )
+        self.hidden = (
+            nnx.Linear(in_features, hidden_features, kernel_init=conv_kernel_init, **dense)
+            if hidden_features is not None
+            else None
+        )
+        self.hidden_activation = hidden_activation
+        self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)
+        self.classifier = nnx.Linear(
+            hidden_features or in_features,
+            num_classes,
+            kernel_init=classifier_kernel_init,
+            **dense,
+        )
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        pooled = jnp.mean(x.astype(self.dtype), axis=(1, 2))
-        return self.classifier(self.dropout(pooled))
+        features = jnp.mean(x.astype(self.dtype), axis=(1, 2))
+        if self.hidden is not None:
+            features = ACTIVATIONS[self.hidden_activation](self.hidden(features))
+        return self.classifier(self.dropout(features))
 
-
-class Stage(NamedTuple):
-    """One row of an architecture table: `repeats` blocks with `channels` outputs, the first of
-    them with `stride` (the others 1). `expansion` is MobileNetV2's factor t; V1 has none."""
-
-    channels: int
-    repeats: int
-    stride: int
-    expansion: int | None = None
-
-
-class BlockConfig(NamedTuple):
-    """What one block is built from: its channels in and out, stride and expansion."""
-
-    in_features: int
-    out_features: int
-    stride: int
-    expansion: int | None
-
-
-@dataclasses.dataclass(frozen=True)
-class Architecture:
-    """A MobileNet as data: its block, its table, its width rule and the Keras defaults.
-
-    `width(channels * alpha)` gives a layer's channel count at width multiplier alpha. The last
-    1x1 convolution (MobileNetV2's 1280) is never thinned below `last_channels`.
-    """
-
-    block: type[nnx.Module]
-    stages: tuple[Stage, ...]
-    width: Callable[[float], int]
-    stem_channels: int = 32
-    stem_stride: int = 2
-    last_channels: int | None = None
-    dropout_rate: float = 0.0
-    bn_momentum: float = 0.99
-    bn_epsilon: float = 1e-3
-
-    def stem_features(self, alpha: float) -> int:
-        return self.width(self.stem_channels * alpha)
-
-    def block_configs(self, alpha: float) -> tuple[BlockConfig, ...]:
-        configs, in_features = [], self.stem_features(alpha)
-        for stage in self.stages:
-            out_features = self.width(stage.channels * alpha)
-            for repeat in range(stage.repeats):
-                stride = stage.stride if repeat == 0 else 1
-                configs.append(BlockConfig(in_features, out_features, stride, stage.expansion))
-                in_features = out_features
-        return tuple(configs)
-
-    def last_features(self, alpha: float) -> int | None:
-        if self.last_channels is None:
-            return None
-        return max(self.last_channels, self.width(self.last_channels * alpha))
-
-    def feature_channels(self, alpha: float) -> int:
-        """Channels of the last feature map, the classifier's input."""
-        return self.last_features(alpha) or self.block_configs(alpha)[-1].out_features
-
-
-def make_block(block: type[nnx.Module], config: BlockConfig, unit: dict) -> nnx.Module:
-    """`block(in_features, out_features, stride[, expansion], **unit)`."""
-    expansion = {} if config.expansion is None else {"expansion": config.expansion}
-    return block(config.in_features, config.out_features, config.stride, **expansion, **unit)
-
-
-class MobileNet(nnx.Module):
-    """A MobileNet classifier: stem, the blocks of its table, optional last 1x1 convolution, head.
-
-    Args:
-      architecture: the network as data (`mobilenet_v1.ARCHITECTURE`, `mobilenet_v2.ARCHITECTURE`).
-      num_classes: outputs of the classifier (2 for IDC negative / positive).
-      alpha: width multiplier.
-      dropout_rate, bn_momentum, bn_epsilon: None keeps the architecture's Keras defaults.
-      dtype: compute dtype of the convolutions; param_dtype: of parameters and statistics.
-      implementation: "reference" (this package's definitions) or a registered faster
-        formulation of `ConvBN` ("cpu": `mobilenets/cpu`).
-      rngs: `params` stream for initialisation, `dropout` for dropout.
-
-    Call on NHWC float images of any size >= 32 (in [-1, 1] like the Keras preprocessing); returns
-    logits [batch, num_classes] in at least float32. `model.train()` / `model.eval()` switch
-    BatchNorm between batch and running statistics and dropout on and off.
-    """
-
-    def __init__(
-        self,
-        architecture: Architecture,
-        num_classes: int = 2,
-        alpha: float = 1.0,
-        *,
-        dropout_rate: float | None = None,
-        bn_momentum: float | None = None,
-        bn_epsilon: float | None = None,
-        dtype=jnp.float32,
-        param_dtype=jnp.float32,
-        implementation: str = "reference",
-        rngs: nnx.Rngs,
-    ):
-        self.architecture = architecture
-        self.num_classes = num_classes
-        self.alpha = alpha
-        unit = dict(
-            bn_momentum=architecture.bn_momentum if bn_momentum is None else bn_momentum,
-            bn_epsilon=architecture.bn_epsilon if bn_epsilon is None else bn_epsilon,
-            dtype=dtype,
-            param_dtype=param_dtype,
-            implementation=implementation,
-            rngs=rngs,
-        )
-        stem_features = architecture.stem_features(alpha)
-        self.stem = ConvBN(3, stem_features, kernel_size=3, stride=architecture.stem_stride, **unit)
-        self.blocks = nnx.List(
-            [
-                make_block(architecture.block, config, unit)
-                for config in architecture.block_configs(alpha)
-            ]
-        )
-        last = architecture.last_features(alpha)
-        in_features = architecture.block_configs(alpha)[-1].out_features
-        self.last_conv = None if last is None else ConvBN(in_features, last, **unit)
-        self.head = ClassifierHead(
-            architecture.feature_channels(alpha),
-            num_classes,
-            dropout_rate=architecture.dropout_rate if dropout_rate is None else dropout_rate,
-            dtype=dtype,
-            param_dtype=param_dtype,
-            rngs=rngs,
-        )
-
-    def features(self, images: jax.Array) -> jax.Array:
-        """The last feature map before pooling, [batch, H/32, W/32, channels]."""
-        x = self.stem(images)
-        for block in self.blocks:
-            x = block(x)
-        return x if self.last_conv is None else self.last_conv(x)
-
-    def __call__(self, images: jax.Array) -> jax.Array:
-        return self.head(self.features(images))
-
-    def units(self) -> Sequence[ConvBN]:
-        """Every conv + BatchNorm unit in the order the forward pass runs them."""
-        units = [self.stem]
-        for block in self.blocks:
-            units.extend(block.units())
-        return units if self.last_conv is None else [*units, self.last_conv]
+    def dense_layers(self) -> list[nnx.Linear]:
+        """The layers with weights, in order: each costs one multiply-add per weight and image."""
+        return [self.classifier] if self.hidden is None else [self.hidden, self.classifier]

@@ -26,7 +26,8 @@ import functools
 import jax
 from flax import nnx
 
-from mobilenets.layers import Architecture, ConvBN, MobileNet, Stage
+from mobilenets.layers import ConvBN
+from mobilenets.network import Architecture, MobileNet, Stage
 
 
 class DepthwiseSeparable(nnx.Module):

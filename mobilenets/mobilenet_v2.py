@@ -24,29 +24,64 @@ import functools
 import jax
 from flax import nnx
 
-from mobilenets.layers import Architecture, ConvBN, MobileNet, Stage, make_divisible
+from mobilenets.layers import ConvBN, make_divisible
+from mobilenets.network import Architecture, MobileNet, Stage
 
 
 class InvertedResidual(nnx.Module):
     """Bottleneck residual block with expansion t and a linear bottleneck (Sec. 3.3, Table 1).
 
-    1x1 expansion to t * C_in channels + BN + ReLU6 (omitted when t = 1, as in the first block);
-    3x3 depthwise with the block's stride + BN + ReLU6; 1x1 projection to C_out + BN with **no**
-    activation (the linear bottleneck: ReLU on the thin output would zero part of a
+    1x1 expansion to t * C_in channels + BN + ReLU6 (omitted when that is C_in, t = 1, as in the
+    first block); 3x3 depthwise with the block's stride + BN + ReLU6; 1x1 projection to C_out + BN
+    with **no** activation (the linear bottleneck: ReLU on the thin output would zero part of a
     low-dimensional manifold, Sec. 3.2). The identity shortcut adds the input exactly when the
     shapes agree, stride 1 and C_in == C_out. `unit` are `ConvBN`'s keyword options.
+
+    MobileNetV3 builds its blocks from this one (`mobilenet_v3.Bneck`): `kernel_size` and
+    `activation` choose the depthwise kernel and the nonlinearity, and squeeze-and-excitation
+    fills `squeeze_excite`, between the depthwise and the projection. The expanded width is
+    rounded to a multiple of 8 (`make_divisible`) for V3's fractional ratios such as 72/16; V2's
+    widths are multiples of 8 already, so the rounding leaves them as they are.
     """
 
-    def __init__(self, in_features: int, out_features: int, stride: int, expansion: int, **unit):
-        hidden = in_features * expansion
-        self.expand = ConvBN(in_features, hidden, **unit) if expansion != 1 else None
-        self.depthwise = ConvBN(hidden, hidden, kernel_size=3, stride=stride, groups=hidden, **unit)
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        stride: int,
+        expansion: float,
+        *,
+        kernel_size: int = 3,
+        activation: str = "relu6",
+        **unit,
+    ):
+        hidden = make_divisible(in_features * expansion)
+        self.expand = (
+            ConvBN(in_features, hidden, activation=activation, **unit)
+            if hidden != in_features
+            else None
+        )
+        self.depthwise = ConvBN(
+            hidden,
+            hidden,
+            kernel_size=kernel_size,
+            stride=stride,
+            groups=hidden,
+            activation=activation,
+            **unit,
+        )
+        # MobileNetV3's squeeze-and-excitation (mobilenet_v3.Bneck) goes here; nnx.data: a slot
+        # for a module, not a constant.
+        self.squeeze_excite: nnx.Module | None = nnx.data(None)
         self.project = ConvBN(hidden, out_features, activation=None, **unit)
         self.use_shortcut = stride == 1 and in_features == out_features
 
     def __call__(self, x: jax.Array) -> jax.Array:
         y = self.expand(x) if self.expand is not None else x
-        y = self.project(self.depthwise(y))
+        y = self.depthwise(y)
+        if self.squeeze_excite is not None:
+            y = self.squeeze_excite(y)
+        y = self.project(y)
         return x + y if self.use_shortcut else y
 
     def units(self) -> list[ConvBN]:

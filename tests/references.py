@@ -27,17 +27,22 @@ def naive_depthwise(x: np.ndarray, kernel: np.ndarray, stride: int) -> np.ndarra
     return out
 
 
-def naive_dense_conv(x: np.ndarray, kernel: np.ndarray, stride: int) -> np.ndarray:
-    """Dense k x k correlation, 'SAME' padding, as loops over output pixels."""
+def naive_dense_conv(
+    x: np.ndarray, kernel: np.ndarray, stride: int, padding: int | None = None
+) -> np.ndarray:
+    """Dense k x k correlation as loops over output pixels: 'SAME' padding, or with `padding`
+    zeros on every side and then 'valid' (Keras' `ZeroPadding2D` + `Conv2D`)."""
     n, h, w, _ = x.shape
     k = kernel.shape[0]
-    out_h, out_w = -(-h // stride), -(-w // stride)
-    pad_h = max((out_h - 1) * stride + k - h, 0)
-    pad_w = max((out_w - 1) * stride + k - w, 0)
-    padded = np.pad(
-        np.asarray(x, np.float64),
-        ((0, 0), (pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2), (0, 0)),
-    )
+    if padding is None:
+        out_h, out_w = -(-h // stride), -(-w // stride)
+        pad_h = max((out_h - 1) * stride + k - h, 0)
+        pad_w = max((out_w - 1) * stride + k - w, 0)
+        pads = ((pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2))
+    else:
+        out_h, out_w = (h + 2 * padding - k) // stride + 1, (w + 2 * padding - k) // stride + 1
+        pads = ((padding, padding), (padding, padding))
+    padded = np.pad(np.asarray(x, np.float64), ((0, 0), *pads, (0, 0)))
     out = np.zeros((n, out_h, out_w, kernel.shape[-1]))
     for i, j in itertools.product(range(out_h), range(out_w)):
         patch = padded[:, i * stride : i * stride + k, j * stride : j * stride + k, :]

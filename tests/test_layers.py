@@ -140,6 +140,72 @@ def test_relu6_bounds_activation_and_linear_layer_does_not():
     np.testing.assert_allclose(activated, np.clip(linear, 0, 6), rtol=1e-6)
 
 
+@pytest.mark.parametrize("size", [8, 9])
+@pytest.mark.parametrize("implementation", ["reference", "cpu"])
+def test_explicit_padding_is_zero_padding_then_valid(size, implementation):
+    # ResNet's Keras stem: 3 zeros on every side, then a 'valid' 7x7 stride-2 convolution. On
+    # even sizes 'SAME' would pad (2, 3): the same output size, windows one pixel off.
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(2, size, size, 3)).astype(np.float32)
+    unit = ConvBN(
+        3,
+        4,
+        kernel_size=7,
+        stride=2,
+        padding=3,
+        use_bias=True,
+        activation=None,
+        implementation=implementation,
+        **unit_options(),
+    )
+    unit.conv.bias[...] = jnp.asarray(rng.normal(size=4), jnp.float32)
+    assert unit.output_size(size) == -(-size // 2)
+    kernel = np.asarray(unit.conv.kernel[...])
+    expected = naive_dense_conv(x, kernel, 2, padding=3) + np.asarray(unit.conv.bias[...])
+    abs_expected = naive_dense_conv(np.abs(x), np.abs(kernel), 2, padding=3)
+    abs_expected += np.abs(np.asarray(unit.conv.bias[...]))
+    if implementation == "reference":
+        assert_close_to_loop(unit.conv(jnp.asarray(x)), expected, abs_expected, 7 * 7 * 3 + 1)
+    # The whole unit: train-mode BatchNorm of that convolution, in both implementations.
+    unit.train()
+    mean, var = expected.mean((0, 1, 2)), expected.var((0, 1, 2))
+    np.testing.assert_allclose(
+        unit(jnp.asarray(x)), (expected - mean) / np.sqrt(var + 1e-3), rtol=1e-4, atol=1e-4
+    )
+    with pytest.raises(ValueError, match="padding"):
+        ConvBN(3, 4, padding="VALID", **unit_options())
+
+
+def test_hard_sigmoid_and_hard_swish_are_their_formulas():
+    # Every float32 from -8 to 8 in steps of 2^-7 (exact), and the kinks at -3 and 3.
+    x = np.arange(-8, 8, 2.0**-7).astype(np.float32)
+    x64 = x.astype(np.float64)
+    relu6_of_shifted = np.minimum(np.maximum(x64 + 3, 0), 6)
+    sigmoid, swish = layers.hard_sigmoid(jnp.asarray(x)), layers.hard_swish(jnp.asarray(x))
+    assert layers.ACTIVATIONS["hard_swish"] is layers.hard_swish
+    # x + 3 is exact here; 1/6, the product and the division each round once (2^-24 relative).
+    np.testing.assert_allclose(sigmoid, relu6_of_shifted / 6, rtol=2.0**-22, atol=0)
+    np.testing.assert_allclose(swish, x64 * relu6_of_shifted / 6, rtol=2.0**-22, atol=0)
+    # The pieces: 0 below -3; x (and 1) from 3 on, exactly.
+    low, high = x <= -3, x >= 3
+    assert np.all(np.asarray(sigmoid)[low] == 0) and np.all(np.asarray(swish)[low] == 0)
+    assert np.all(np.asarray(sigmoid)[high] == 1)
+    np.testing.assert_array_equal(np.asarray(swish)[high], x[high])
+
+
+@pytest.mark.parametrize("implementation", ["reference", "cpu"])
+def test_hard_swish_unit_applies_it_after_batchnorm(implementation):
+    x = jnp.asarray(np.random.default_rng(8).normal(size=(2, 5, 5, 4)) * 3, jnp.float32)
+    unit = ConvBN(4, 6, activation="hard_swish", implementation=implementation, **unit_options())
+    linear = ConvBN(4, 6, activation=None, **unit_options())  # same seed: same weights
+    for layer in (unit, linear):
+        layer.train()
+        layer.norm.scale[...] = jnp.full(6, 4.0)  # normalised values, spread over [-12, 12]
+    got, pre_activation = np.asarray(unit(x)), np.asarray(linear(x))
+    assert (pre_activation < -3).any() and (pre_activation > 3).any()  # all three pieces used
+    np.testing.assert_allclose(got, layers.hard_swish(pre_activation), rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("implementation", ["reference", "cpu"])
 def test_bfloat16_compute_keeps_batchnorm_in_float32(implementation):
     x = jnp.asarray(np.random.default_rng(6).normal(size=(2, 6, 6, 4)), jnp.float32)

@@ -1,5 +1,5 @@
-"""Whole-model tests shared by MobileNetV1 and MobileNetV2: gradients, mixed precision, train/eval,
-the registry, and multiply-adds counted from the traced computation (independent of the profile)."""
+"""Whole-model tests shared by every network: gradients, mixed precision, train/eval, the
+registry, and multiply-adds counted from the traced computation (independent of the profile)."""
 
 import math
 
@@ -12,7 +12,15 @@ from flax import nnx
 
 import mobilenets
 
-MODELS = ["mobilenet_v1", "mobilenet_v2"]
+# Each network at a small width (ResNet-50 has no width multiplier).
+ALPHA = {
+    "mobilenet_v1": 0.25,
+    "mobilenet_v2": 0.25,
+    "mobilenet_v3_small": 0.25,
+    "mobilenet_v3_large": 0.25,
+    "resnet50": 1.0,
+}
+MODELS = list(ALPHA)
 SIZE = 32
 BATCH = 4
 
@@ -32,7 +40,7 @@ def trained_once(request):
     """
     name = request.param
     model = mobilenets.create(
-        name, alpha=0.25, implementation="reference", rngs=nnx.Rngs(0, dropout=1)
+        name, alpha=ALPHA[name], implementation="reference", rngs=nnx.Rngs(0, dropout=1)
     )
     model.train()
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
@@ -59,6 +67,10 @@ def test_gradients_reach_every_parameter(trained_once):
     assert len(flat) > 50
     for path, grad in flat:
         assert np.all(np.isfinite(grad[...])), path
+        if path[-2:] == ("conv", "bias"):
+            # ResNet's biases ahead of BatchNorm: in training the batch mean absorbs them; their
+            # gradient is zero but for rounding (test_resnet.py checks it in float64).
+            continue
         assert np.any(grad[...] != 0), f"{name}: no gradient reaches {path}"
 
 
@@ -73,7 +85,7 @@ def test_train_mode_updates_every_batchnorm_statistic(trained_once):
 
 @pytest.mark.parametrize("name", MODELS)
 def test_eval_mode_is_deterministic_and_freezes_statistics(name):
-    model = mobilenets.create(name, alpha=0.25, dropout_rate=0.5, rngs=nnx.Rngs(0))
+    model = mobilenets.create(name, alpha=ALPHA[name], dropout_rate=0.5, rngs=nnx.Rngs(0))
     model.eval()
     stats = jax.tree.map(np.asarray, nnx.state(model, nnx.BatchStat))
     forward = nnx.jit(lambda model, x: model(x))
@@ -90,7 +102,9 @@ def test_bfloat16_forward_close_to_float32(name):
     images = _images(seed=3)
     logits = {}
     for dtype in (jnp.float32, jnp.bfloat16):
-        model = mobilenets.create(name, alpha=0.25, num_classes=10, dtype=dtype, rngs=nnx.Rngs(0))
+        model = mobilenets.create(
+            name, alpha=ALPHA[name], num_classes=10, dtype=dtype, rngs=nnx.Rngs(0)
+        )
         # Running statistics: a fixed function of the parameters. (Batch statistics over a
         # 1x1 final map of 4 images would amplify rounding differences arbitrarily.)
         model.eval()
@@ -108,7 +122,8 @@ def test_bfloat16_forward_close_to_float32(name):
 
 
 def test_create_registry():
-    assert set(mobilenets.ARCHITECTURES) == set(MODELS)
+    minimalistic = {"mobilenet_v3_small_minimalistic", "mobilenet_v3_large_minimalistic"}
+    assert set(mobilenets.ARCHITECTURES) == set(MODELS) | minimalistic
     model = nnx.eval_shape(lambda: mobilenets.create("mobilenet_v2", rngs=nnx.Rngs(0)))
     assert isinstance(model, mobilenets.MobileNet)
     assert model.architecture is mobilenets.mobilenet_v2.ARCHITECTURE
@@ -157,11 +172,21 @@ def traced_macs(name: str, image_size: int, num_classes: int, alpha: float = 1.0
 
 
 @pytest.mark.parametrize(
-    "name, published", [("mobilenet_v1", 568_740_352), ("mobilenet_v2", 300_774_272)]
+    "name, macs, paper",
+    [
+        ("mobilenet_v1", 568_740_352, 569e6),
+        ("mobilenet_v2", 300_774_272, 300e6),
+        ("mobilenet_v3_small", 56_510_400, 56e6),
+        ("mobilenet_v3_large", 216_589_760, 219e6),
+        ("resnet50", 3_857_973_248, 3.8e9),  # He et al. 2016, Table 1: "3.8 x 10^9" FLOPs
+    ],
 )
-def test_multiply_adds_at_224(name, published):
-    assert mobilenets.profile(name, alpha=1.0, image_size=224, num_classes=1000).macs == published
-    assert traced_macs(name, 224, 1000) == published
+def test_multiply_adds_at_224(name, macs, paper):
+    assert mobilenets.profile(name, alpha=1.0, image_size=224, num_classes=1000).macs == macs
+    assert traced_macs(name, 224, 1000) == macs
+    # The papers' figures are rounded, and for V3-Large (1.1% above) and ResNet-50 (1.5% below)
+    # counted by conventions they do not spell out; the exact numbers above are the trace's.
+    assert abs(macs - paper) <= 0.02 * paper
 
 
 @pytest.mark.parametrize(
@@ -171,6 +196,12 @@ def test_multiply_adds_at_224(name, published):
         ("mobilenet_v1", 0.25, 50),
         ("mobilenet_v2", 0.35, 50),
         ("mobilenet_v2", 1.4, 161),
+        ("mobilenet_v3_small", 0.75, 96),
+        ("mobilenet_v3_large", 1.3, 50),
+        ("mobilenet_v3_small_minimalistic", 0.5, 161),
+        ("mobilenet_v3_large_minimalistic", 1.0, 96),
+        ("resnet50", 1.0, 50),
+        ("resnet50", 1.0, 96),
     ],
 )
 def test_profile_macs_equal_traced_macs(name, alpha, size):
@@ -178,8 +209,16 @@ def test_profile_macs_equal_traced_macs(name, alpha, size):
     assert profile.macs == traced_macs(name, size, num_classes=2, alpha=alpha)
 
 
-@pytest.mark.parametrize("name", MODELS)
-@pytest.mark.parametrize("alpha, num_classes", [(1.0, 1000), (0.75, 2), (1.3, 7)])
+@pytest.mark.parametrize(
+    "name, alpha, num_classes",
+    [
+        (name, alpha, num_classes)
+        for name in mobilenets.ARCHITECTURES
+        for alpha, num_classes in [(1.0, 1000), (0.75, 2), (1.3, 7)]
+        if name != "resnet50" or alpha == 1.0
+    ]
+    + [("resnet50", 1.0, 2)],
+)
 def test_profile_counts_equal_instantiated_model(name, alpha, num_classes):
     model = nnx.eval_shape(
         lambda: mobilenets.create(name, alpha=alpha, num_classes=num_classes, rngs=nnx.Rngs(0))

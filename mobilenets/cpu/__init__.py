@@ -29,8 +29,10 @@ from mobilenets.cpu.convolutions import (
 
 
 def convolve(unit: layers.ConvBN, x: jax.Array) -> jax.Array:
-    """`unit.conv(x)` ('SAME'), in the form that suits the kind of convolution."""
+    """`unit.conv(x)`, in the form that suits the kind of convolution."""
     conv = unit.conv
+    if unit.padding != "SAME":  # explicit padding (ResNet's stem, once per step): as it is
+        return conv(x)
     x = x.astype(unit.dtype)
     kernel = conv.kernel[...].astype(unit.dtype)
     if unit.kind == "depthwise" and conv.feature_group_count == unit.in_features:
