@@ -22,7 +22,10 @@ ALLOWED = {
     "trainer": {"trainer", "mobilenets", "input_pipeline"},
 }
 # The definitions a reader learns from never reach the speed path.
-DEFINITIONS = ("mobilenets/layers.py", "mobilenets/mobilenet_v1.py", "mobilenets/mobilenet_v2.py")
+DEFINITIONS = tuple(
+    f"mobilenets/{name}.py"
+    for name in ("layers", "network", "mobilenet_v1", "mobilenet_v2", "mobilenet_v3", "resnet")
+)
 LOCAL_NAMES = {*ALLOWED, *PROGRAMS, "tests", "benchmarks"}
 
 
