@@ -1,31 +1,39 @@
-"""The paper's experiment in one command: Table 1, Figures 2 and 3 and a leakage study -> report.md.
+"""The paper's experiment in one command: Table 1, Figures 2 and 3, the leakage study, and
+optionally the comparison of models, seeds, the best recipe and its ablations -> report.md.
 
-    python reproduce.py --workdir=/tmp/idc_paper
-    python reproduce.py --workdir=/tmp/idc_paper --config.data.dataset=kaggle_idc   # real data
-    python reproduce.py --workdir=/tmp/idc_paper --report_only   # re-render report.md only
+    python reproduce.py --workdir=/tmp/idc_paper                # the paper's four runs
+    python reproduce.py --workdir=/tmp/idc_paper --report_only  # re-render report.md only
+    # Everything in results/real_subset/, on the 245-patient subset:
+    python reproduce.py --workdir=/tmp/real_subset --config.data.dataset=kaggle_idc \\
+        --config.data.manual_dir=../shared/data/idc_subset \\
+        --models=mobilenet_v1,mobilenet_v2,mobilenet_v3_small,mobilenet_v3_large,resnet50 \\
+        --seeds=3 --best_config=configs/v1_best.py --ablations
 
 "Study for Performance of MobileNetV1 and MobileNetV2 Based on Breast Cancer" trains MobileNetV1 and
 MobileNetV2 from scratch (Adam 1e-4, 5 epochs, cross-entropy) on the Kaggle IDC patches, split at
 random patch by patch, and reports train / validation accuracy (its Table 1: V1 0.849 / 0.857,
 V2 0.819 / 0.743) and the accuracy curves of each model (its Figures 2 and 3).
 
-This command trains four runs with that recipe (`--config`, configs/v1.py by default, plus any
-`--config.*` overrides, applies to all four; the model name and split are set per run):
+This command trains the runs that `trainer.paper.plan` lists, each in its own directory under
+--workdir, with the base config (`--config`, configs/v1.py by default, plus any `--config.*`
+overrides):
 
-    <workdir>/mobilenet_v1_random_patch   the paper's protocol: a patient's patches in every split
-    <workdir>/mobilenet_v2_random_patch
-    <workdir>/mobilenet_v1_patient        patients disjoint across train / validation / test
-    <workdir>/mobilenet_v2_patient
+    <model>_random_patch   the paper's protocol: a patient's patches in every split (V1, V2)
+    <model>_patient        patients disjoint across train / validation / test (every model)
+    <model>_patient_seed<k>, best_seed<k>, ablation_<name>   with --seeds (V1, V2, the best
+                           recipe), --best_config, --ablations (configs/ablations.py)
 
 A run whose summary.json exists is finished and skipped; an interrupted one resumes from its newest
-checkpoint. Then <workdir>/report.md is written with
+checkpoint. Then <workdir>/report.md is written (`trainer/report.py`) with
 - Table 1 as in the paper, extended with the majority-class baseline, balanced accuracy, F1 and ROC
   AUC (71.6% of the real patches are negative, so accuracy alone flatters a model), parameters,
   multiply-adds, training throughput and wall time, and the paper's numbers beside ours;
 - fig2_mobilenet_v1.png and fig3_mobilenet_v2.png: train and validation accuracy per epoch;
 - the leakage study: test metrics under the patch-level split next to the patient-level split.
   Neighbouring patches of one slide look alike, so a patch-level split tests on near-copies of
-  training patches; the difference measures how much that inflates the paper's protocol.
+  training patches; the difference measures how much that inflates the paper's protocol;
+- test metrics with 95% intervals (bootstrap over patients), calibration and the per-patient view;
+  the comparison of models, the spread over seeds, the best recipe and its ablations when asked.
 """
 
 from __future__ import annotations
@@ -49,49 +57,63 @@ def define_flags() -> None:
     names (--workdir): defining them at import would stop one program, or a test, from
     importing the functions of another.
     """
-    flags.DEFINE_string("workdir", None, "Directory of the four runs, report.md and its figures.")
+    flags.DEFINE_string("workdir", None, "Directory of the runs, report.md and its figures.")
     flags.DEFINE_bool(
         "report_only", False, "Only re-render report.md and the figures from the finished runs."
     )
     config_flags.DEFINE_config_file(
         "config",
         str(REPO / "configs" / "v1.py"),
-        "Base configuration of all four runs; model.name and data.split are set per run.",
+        "Base configuration of every run; the model, split and seed are set per run.",
         lock_config=True,
     )
+    flags.DEFINE_list(
+        "models",
+        "mobilenet_v1,mobilenet_v2",
+        "Models trained under the patient split (V1 and V2 also under the random patch split).",
+    )
+    flags.DEFINE_integer(
+        "seeds", 1, "Seeds 0..n-1 of V1 and V2 (patient split) and of the best recipe."
+    )
+    flags.DEFINE_string("best_config", "", "A config file whose recipe is reported as the best.")
+    flags.DEFINE_bool("ablations", False, "Also train the candidates of configs/ablations.py.")
     flags.mark_flags_as_required(["workdir"])
 
 
-def run_config(base_config, model: str, split: str):
-    """A copy of the base config (still locked) with the model and the split of one run."""
-    config = base_config.copy_and_resolve_references()
-    config.model.name = model
-    config.data.split = split
-    return config
+def experiment_plan():
+    from configs import ablations
+    from trainer import paper
+
+    return paper.plan(
+        FLAGS.models,
+        num_seeds=FLAGS.seeds,
+        best_config=FLAGS.best_config,
+        ablations=ablations.ABLATIONS if FLAGS.ablations else (),
+    )
 
 
-def run_all(base_config, workdir: str | pathlib.Path) -> None:
-    """Trains the four runs one after the other; finished ones (summary.json) are skipped."""
+def run_all(base_config, workdir: str | pathlib.Path, planned) -> None:
+    """Trains the planned runs one after the other; finished ones (summary.json) are skipped."""
     from trainer import RunDirectory, paper, train_and_evaluate
 
-    for model in paper.MODELS:
-        for split in paper.SPLITS:
-            directory = paper.run_directory(workdir, model, split)
-            if RunDirectory(directory).finished():
-                logging.info("%s is finished (summary.json exists): skipped.", directory)
-                continue
-            logging.info("Training %s with the %s split in %s.", model, split, directory)
-            train_and_evaluate(run_config(base_config, model, split), str(directory))
+    for run in planned:
+        directory = paper.run_directory(workdir, run)
+        if RunDirectory(directory).finished():
+            logging.info("%s is finished (summary.json exists): skipped.", directory)
+            continue
+        logging.info("Training %s in %s.", run.name, directory)
+        train_and_evaluate(paper.run_config(base_config, run), str(directory))
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    planned = experiment_plan()
     if not FLAGS.report_only:
         from trainer import sharding
 
         sharding.start(FLAGS.config)
-        run_all(FLAGS.config, FLAGS.workdir)
+        run_all(FLAGS.config, FLAGS.workdir, planned)
         import jax
 
         if jax.process_index() != 0:
@@ -99,9 +121,9 @@ def main(argv):
     command = "python reproduce.py " + " ".join(
         shlex.quote(arg) for arg in sys.argv[1:] if arg != "--report_only"
     )
-    from trainer import paper
+    from trainer import report
 
-    path = paper.write_report(FLAGS.workdir, command)
+    path = report.write_report(FLAGS.workdir, planned, command)
     print(f"wrote {path}")
 
 

@@ -1,49 +1,53 @@
-"""The reproduction report: Table 1, figures 2 and 3, the leakage table, and the four runs.
+"""The experiment and its report: the plan of runs, their configs, Table 1, figures 2 and 3, the
+leakage table, intervals, the comparison, seeds, the best recipe and its ablations.
 
-The report path is tested on copies of one tiny trained run relabelled as the four runs, with
-known, distinct test accuracies written in, so the leakage differences can be checked exactly.
+The report path is tested on copies of one tiny trained run relabelled as every planned run, with
+known, distinct test metrics written in, so the differences and spreads can be checked exactly.
 """
 
 import json
 import pathlib
 import shutil
+import statistics
 
 import pytest
 
 import reproduce
+from configs import ablations, default
 from tests.commands import run_program
 from tests.test_inference import trained_tiny_workdir
 from tests.test_train import TINY_OVERRIDES, tiny_config
-from trainer import paper
+from trainer import paper, report
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-# Test accuracy written into each copied run: (model, split) -> accuracy.
+PAPER_PLAN = paper.plan()
+# Test accuracy written into each copied paper run.
 PLANTED_TEST_ACCURACY = {
-    ("mobilenet_v1", "random_patch"): 0.91,
-    ("mobilenet_v1", "patient"): 0.84,
-    ("mobilenet_v2", "random_patch"): 0.88,
-    ("mobilenet_v2", "patient"): 0.79,
+    "mobilenet_v1_random_patch": 0.91,
+    "mobilenet_v1_patient": 0.84,
+    "mobilenet_v2_random_patch": 0.88,
+    "mobilenet_v2_patient": 0.79,
 }
 
 
-def copy_run(source: pathlib.Path, workdir: pathlib.Path, model: str, split: str, **summary):
-    """A copy of `source` relabelled as the run (model, split), with summary fields replaced."""
-    target = paper.run_directory(workdir, model, split)
+def copy_run(source: pathlib.Path, workdir: pathlib.Path, run: paper.PlannedRun, **test):
+    """A copy of `source` relabelled as the planned run, with test metrics replaced."""
+    target = paper.run_directory(workdir, run)
     shutil.copytree(source, target)
     data = json.loads((target / "summary.json").read_text())
-    data.update(model=model, split=split, **summary)
-    data["test"] = {**data["test"], "accuracy": PLANTED_TEST_ACCURACY[model, split]}
+    data.update(model=run.model or data["model"], split=run.split)
+    data["test"] = {**data["test"], **test}
     (target / "summary.json").write_text(json.dumps(data))
     config = json.loads((target / "config.json").read_text())
-    config["model"]["name"], config["data"]["split"] = model, split
+    config["model"]["name"] = run.model or config["model"]["name"]
+    config["data"]["split"] = run.split
     (target / "config.json").write_text(json.dumps(config))
     return target
 
 
-def four_copies(source, workdir, **summary):
-    for model in paper.MODELS:
-        for split in paper.SPLITS:
-            copy_run(source, workdir, model, split, **summary)
+def paper_copies(source, workdir):
+    for run in PAPER_PLAN:
+        copy_run(source, workdir, run, accuracy=PLANTED_TEST_ACCURACY[run.name])
 
 
 @pytest.fixture(scope="module")
@@ -51,9 +55,9 @@ def tiny_run(tmp_path_factory):
     return trained_tiny_workdir(tmp_path_factory)
 
 
-def table(report: str, first_header_cell: str) -> list[list[str]]:
+def table(text: str, first_header_cell: str) -> list[list[str]]:
     """The body rows of the markdown table whose header starts with `first_header_cell`."""
-    lines = report.splitlines()
+    lines = text.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_header_cell} |"))
     rows = []
     for line in lines[start + 2 :]:
@@ -63,21 +67,98 @@ def table(report: str, first_header_cell: str) -> list[list[str]]:
     return rows
 
 
+def table_after(text: str, heading: str, first_header_cell: str = "Model") -> list[list[str]]:
+    return table(text[text.index(heading) :], first_header_cell)
+
+
+# ----------------------------------------------------------------------------- the plan
+
+
+def test_the_plan_names_every_run_once_in_training_order():
+    planned = paper.plan(
+        ["mobilenet_v1", "mobilenet_v3_small"],
+        num_seeds=2,
+        best_config="configs/v1.py",
+        ablations=ablations.ABLATIONS[:1],
+    )
+    assert [run.name for run in planned] == [
+        "mobilenet_v1_random_patch",
+        "mobilenet_v1_patient",
+        "mobilenet_v2_random_patch",
+        "mobilenet_v2_patient",
+        "mobilenet_v3_small_patient",
+        "mobilenet_v1_patient_seed1",
+        "mobilenet_v2_patient_seed1",
+        "best_seed0",
+        "best_seed1",
+        "ablation_paper_keras_evaluation",
+    ]
+    assert [run.seed for run in planned if run.group == "best"] == [0, 1]
+
+
+def test_run_configs_set_model_split_seed_and_overrides_without_touching_the_base():
+    base = default.get_config()
+    base.data.manual_dir = "/data/subset"
+    base = default.finalize(base)
+    seed_run = paper.PlannedRun("v2_seed1", "seed", "mobilenet_v2", seed=1)
+    config = paper.run_config(base, seed_run)
+    assert (config.model.name, config.data.split, config.seed) == ("mobilenet_v2", "patient", 1)
+    ablation = paper.plan(ablations=ablations.ABLATIONS)[-1]
+    config = paper.run_config(base, ablation)
+    for key, value in ablation.overrides:
+        assert lookup(config, key) == value, key
+    with pytest.raises(AttributeError):
+        config.num_epoch = 3  # locked: a mistyped key is an error
+    bad = paper.PlannedRun("bad", "ablation", "mobilenet_v1", overrides=(("preprocess.size", 5),))
+    with pytest.raises(KeyError, match="preprocess.size"):
+        paper.run_config(base, bad)
+    assert base.model.name == "mobilenet_v1" and base.seed == 0
+
+
+def lookup(config, dotted_key: str):
+    for part in dotted_key.split("."):
+        config = config[part]
+    return config
+
+
+def test_every_ablation_changes_existing_keys_to_other_values():
+    base = default.get_config()
+    for run in paper.plan(ablations=ablations.ABLATIONS):
+        if run.group == "ablation":
+            config = paper.run_config(base, run)  # raises on a key the config lacks
+            assert run.change, run.name
+            for key, value in run.overrides:
+                assert lookup(config, key) == value != lookup(base, key), (run.name, key)
+
+
+def test_a_config_file_brings_its_recipe_and_takes_the_base_data():
+    base = default.get_config()
+    base.data.manual_dir, base.progress_bar = "/data/subset", False
+    run = paper.PlannedRun("best_seed2", "best", seed=2, config_file=str(REPO / "configs/v2.py"))
+    config = paper.run_config(default.finalize(base), run)
+    assert config.model.name == "mobilenet_v2"  # the file's model
+    assert config.data.manual_dir == "/data/subset" and config.progress_bar is False
+    assert config.seed == 2 and config.data.split == "patient"
+
+
+# ----------------------------------------------------------------------------- the paper's report
+
+
 @pytest.fixture(scope="module")
 def report_only_run(tiny_run, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("report_only")
-    four_copies(tiny_run, workdir)
+    paper_copies(tiny_run, workdir)
     result = run_program("reproduce.py", f"--workdir={workdir}", "--report_only")
     assert result.returncode == 0, result.stderr
     return workdir, (workdir / "report.md").read_text()
 
 
 def test_table1_has_every_column_filled_and_the_papers_numbers(report_only_run):
-    workdir, report = report_only_run
-    rows = table(report, "Model")
+    workdir, text = report_only_run
+    rows = table(text, "Model")
     assert len(rows) == 4
     for row in rows:
-        assert len(row) == len(paper.TABLE1_HEADER)
+        assert len(row) == len(report.TABLE1_HEADER)
         assert all(cell and cell != "n/a" for cell in row), row
     by_model = {(row[0], row[1]): row for row in rows}
     v1 = by_model["MobileNetV1", "random patch (paper)"]
@@ -91,76 +172,116 @@ def test_table1_has_every_column_filled_and_the_papers_numbers(report_only_run):
     assert v1[9] == f"{summary['trainable_parameters']:,}"
 
 
-def table_after(report: str, heading: str) -> list[list[str]]:
-    return table(report[report.index(heading) :], "Model")
-
-
 def test_leakage_table_subtracts_patient_from_random_patch(report_only_run):
-    _, report = report_only_run
-    leakage = table_after(report, "## Leakage study")
-    assert len(leakage) == 2 * len(paper.LEAKAGE_METRICS)
+    _, text = report_only_run
+    leakage = table_after(text, "## Leakage study")
+    assert len(leakage) == 2 * len(report.LEAKAGE_METRICS)
     assert all(cell for row in leakage for cell in row)
     accuracy = {row[0]: row for row in leakage if row[1] == "accuracy"}
     assert accuracy["MobileNetV1"][2:] == ["0.910", "0.840", "+0.070"]
     assert accuracy["MobileNetV2"][2:] == ["0.880", "0.790", "+0.090"]
 
 
+def test_intervals_table_quotes_each_runs_bootstrap(report_only_run, tiny_run):
+    _, text = report_only_run
+    rows = table_after(text, "## Test metrics with 95% intervals", "Run")
+    assert [row[0] for row in rows] == [f"`{run.name}`" for run in PAPER_PLAN]
+    interval = json.loads((tiny_run / "summary.json").read_text())["test_intervals"]["at_0.5"]
+    auc = interval["roc_auc"]
+    expected = f"{auc['estimate']:.3f} [{auc['low']:.2f}, {auc['high']:.2f}]"
+    assert all(row[2] == expected for row in rows)
+
+
 def test_figures_are_written_and_linked(report_only_run):
-    workdir, report = report_only_run
-    for name in ("fig2_mobilenet_v1.png", "fig3_mobilenet_v2.png"):
-        assert (workdir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-        assert f"]({name})" in report
+    workdir, text = report_only_run
+    for name in (
+        "fig2_mobilenet_v1.png",
+        "fig3_mobilenet_v2.png",
+        "reliability.png",
+        "per_patient.png",
+    ):
+        assert (workdir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+        assert f"]({name})" in text, name
 
 
 def test_the_report_states_its_data_against_the_whole_set(report_only_run, tiny_run):
-    _, report = report_only_run
+    _, text = report_only_run
     counts = json.loads((tiny_run / "summary.json").read_text())["data_info"]["counts"]
     patients = sum(part["patients"] for part in counts.values())
     patches = sum(part["patches"] for part in counts.values())
     assert patients == 20 and patches == 200  # the tiny real set of conftest.py
-    assert (
-        "20 of the Kaggle set's 279 patients and 200 of its 277,524 patches (0.1%)" in report
-    )
+    assert "20 of the Kaggle set's 279 patients and 200 of its 277,524 patches (0.1%)" in text
 
 
 def test_missing_run_is_named(tiny_run, tmp_path):
-    four_copies(tiny_run, tmp_path)
-    shutil.rmtree(paper.run_directory(tmp_path, "mobilenet_v2", "patient"))
+    paper_copies(tiny_run, tmp_path)
+    shutil.rmtree(tmp_path / "mobilenet_v2_patient")
     with pytest.raises(FileNotFoundError, match="mobilenet_v2_patient"):
-        paper.load_runs(tmp_path)
+        paper.load_runs(tmp_path, PAPER_PLAN)
 
 
 def test_a_run_in_the_wrong_directory_is_refused(tiny_run, tmp_path):
-    four_copies(tiny_run, tmp_path)
-    summary_path = paper.run_directory(tmp_path, "mobilenet_v2", "patient") / "summary.json"
+    paper_copies(tiny_run, tmp_path)
+    summary_path = tmp_path / "mobilenet_v2_patient" / "summary.json"
     summary = json.loads(summary_path.read_text())
     summary_path.write_text(json.dumps({**summary, "model": "mobilenet_v1"}))
     with pytest.raises(ValueError, match="not 'mobilenet_v2'"):
-        paper.load_runs(tmp_path)
+        paper.load_runs(tmp_path, PAPER_PLAN)
+
+
+# ----------------------------------------------------------------------------- the full report
+
+
+def test_full_report_has_comparison_seeds_best_recipe_and_ablations(tiny_run, tmp_path):
+    planned = paper.plan(
+        ["mobilenet_v1", "mobilenet_v2", "mobilenet_v3_small"],
+        num_seeds=2,
+        best_config="configs/v1.py",
+        ablations=ablations.ABLATIONS[:2],
+    )
+    planted_auc = {run.name: 0.5 + 0.01 * number for number, run in enumerate(planned)}
+    for run in planned:
+        copy_run(tiny_run, tmp_path, run, roc_auc=planted_auc[run.name])
+    text = report.write_report(tmp_path, planned).read_text()
+    comparison = table_after(text, "## Models compared")
+    assert [row[0] for row in comparison] == ["MobileNetV1", "MobileNetV2", "MobileNetV3-Small"]
+    seeds = {row[0]: row for row in table_after(text, "## Spread over seeds", "Recipe")}
+    assert set(seeds) == {"MobileNetV1", "MobileNetV2", "best recipe"}
+    v1 = [planted_auc["mobilenet_v1_patient"], planted_auc["mobilenet_v1_patient_seed1"]]
+    assert seeds["MobileNetV1"][1] == "2"
+    assert seeds["MobileNetV1"][2] == f"{statistics.mean(v1):.3f} ± {statistics.stdev(v1):.3f}"
+    best = table_after(text, "## The best recipe", "Test")
+    assert best[0][0].startswith("`configs/v1.py` (seed 0)") and best[2][1:] == [
+        "0.93",
+        "0.86",
+        "0.78",
+    ]
+    ablation_rows = table_after(text, "## Ablations", "Ablation")
+    assert [row[0] for row in ablation_rows] == ["`paper_keras_evaluation`", "`batch_64`"]
+    assert all(row[-1] for row in ablation_rows)  # a decision, or "pending"
 
 
 def test_run_all_trains_only_the_unfinished_run(tiny_run, tmp_path, data_dir):
-    for model, split in PLANTED_TEST_ACCURACY:
-        if (model, split) != ("mobilenet_v1", "random_patch"):
-            copy_run(tiny_run, tmp_path, model, split)
+    for run in PAPER_PLAN:
+        if run.name != "mobilenet_v1_random_patch":
+            copy_run(tiny_run, tmp_path, run)
     before = {
         d.name: (d / "summary.json").stat().st_mtime_ns for d in tmp_path.iterdir() if d.is_dir()
     }
     base = tiny_config(data_dir, num_epochs=1)
-    reproduce.run_all(base, tmp_path)
+    reproduce.run_all(base, tmp_path, PAPER_PLAN)
     after = {name: (tmp_path / name / "summary.json").stat().st_mtime_ns for name in before}
     assert after == before, "finished runs must be skipped"
-    trained = paper.run_directory(tmp_path, "mobilenet_v1", "random_patch")
+    trained = tmp_path / "mobilenet_v1_random_patch"
     summary = json.loads((trained / "summary.json").read_text())
     assert summary["model"] == "mobilenet_v1"
     assert json.loads((trained / "config.json").read_text())["data"]["split"] == "random_patch"
     assert base.data.split == "patient", "the base config must not be modified"
-    assert paper.load_runs(tmp_path).keys() == PLANTED_TEST_ACCURACY.keys()
+    assert paper.load_runs(tmp_path, PAPER_PLAN).keys() == PLANTED_TEST_ACCURACY.keys()
 
 
 @pytest.mark.heavy
-def test_reproduce_command_trains_four_runs_and_writes_the_report(tmp_path):
-    data_dir = tmp_path / "tfds"
+def test_reproduce_command_trains_four_runs_and_writes_the_report(tmp_path, data_dir):
     result = run_program(
         "reproduce.py",
         f"--workdir={tmp_path}",
@@ -170,9 +291,9 @@ def test_reproduce_command_trains_four_runs_and_writes_the_report(tmp_path):
         timeout=900,
     )
     assert result.returncode == 0, result.stderr
-    runs = paper.load_runs(tmp_path)
-    assert {run.summary["model"] for run in runs.values()} == set(paper.MODELS)
-    report = (tmp_path / "report.md").read_text()
-    rows = table(report, "Model")
+    runs = paper.load_runs(tmp_path, PAPER_PLAN)
+    assert {run.summary["model"] for run in runs.values()} == set(paper.PAPER_MODELS)
+    text = (tmp_path / "report.md").read_text()
+    rows = table(text, "Model")
     assert len(rows) == 4 and all(cell and cell != "n/a" for row in rows for cell in row)
-    assert "--config.num_epochs=1" in report  # the command that regenerates it
+    assert "--config.num_epochs=1" in text  # the command that regenerates it
