@@ -40,13 +40,23 @@ images, labels = jnp.zeros((128, 48, 48, 3)), jnp.zeros(128, jnp.int32)
 state = (params, optimizer.init(params))
 jitted = jax.jit(step, donate_argnums=(0, 2))
 compiled = jitted.lower(state[0], rest, state[1], images, labels).compile()
-for _ in range(12):  # the heap grows during the first few steps
+pages = compiled.memory_analysis().temp_size_in_bytes / resource.getpagesize()
+
+def faults_of_one_step():
+    global state
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     state = jax.block_until_ready(compiled(state[0], rest, state[1], images, labels))
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(4):
-    state = jax.block_until_ready(compiled(state[0], rest, state[1], images, labels))
-faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 4
-print(json.dumps(dict(applied=applied, faults_per_step=faults,
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+# Warm up until the heap has stopped growing: three steps in a row that fault in almost none of
+# the scratch buffer's pages (at most 60 steps). How many steps that takes depends on the
+# machine's allocator and XLA's thread pool; without the settings it never happens (3 steps).
+quiet, warm_up_steps, limit = 0, 0, 60 if applied else 3
+while quiet < 3 and warm_up_steps < limit:
+    quiet = quiet + 1 if faults_of_one_step() < 0.01 * pages else 0
+    warm_up_steps += 1
+faults = sum(faults_of_one_step() for _ in range(4)) / 4
+print(json.dumps(dict(applied=applied, faults_per_step=faults, warm_up_steps=warm_up_steps,
                       scratch_bytes=compiled.memory_analysis().temp_size_in_bytes)))
 """
 
@@ -65,7 +75,9 @@ def test_scratch_buffer_is_not_page_faulted_in_every_step(tmp_path):
     kept = _faults_per_step(tmp_path, "on")
     pages = default["scratch_bytes"] / resource.getpagesize()
     assert default["scratch_bytes"] > 32 * 2**20
-    # Without the settings every step faults (nearly) every page of the scratch buffer back in.
+    # Without the settings every step faults (nearly) every page of the scratch buffer back in;
+    # with them a warmed-up step faults almost none: the two regimes are pages apart, and 1% of
+    # the pages separates them whatever the machine.
     assert not default["applied"] and default["faults_per_step"] > 0.5 * pages
     assert kept["applied"] and kept["faults_per_step"] < 0.01 * pages
 
