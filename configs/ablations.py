@@ -3,26 +3,33 @@
 `python reproduce.py ... --ablations` trains each as MobileNetV1 under the patient split of the
 245-patient subset, with the base config changed by `overrides`; results/real_subset/report.md
 tabulates their validation figures, cost and the decision taken. Every decision is made on the
-validation patients; `decision` records it once the run is measured (empty: not yet).
+validation patients; `decision` records it once the run is measured (empty: not yet). They are
+listed, and trained, most promising first.
 """
 
 ABLATIONS = (
     dict(
-        name="paper_keras_evaluation",
-        change="batch 64, moving-average BatchNorm and one view: the paper as Keras runs it",
-        overrides={"global_batch_size": 64, "bn_recalibration_batches": 0, "eval_tta": False},
-        decision="",
-    ),
-    dict(
-        name="batch_64",
-        change="batch 64 (4x fewer steps), precise BN and TTA kept",
-        overrides={"global_batch_size": 64},
+        name="size_128",
+        change="128 px instead of 96 px",
+        overrides={"preprocess.image_size": 128},
         decision="",
     ),
     dict(
         name="dihedral",
         change="a random dihedral view (rotation x mirror) of each training patch",
         overrides={"preprocess.dihedral": True},
+        decision="",
+    ),
+    dict(
+        name="epochs_15_cosine",
+        change="15 epochs, 1 of warm-up then cosine decay from 1e-4",
+        overrides={"num_epochs": 15, "schedule": "warmup_cosine", "warmup_epochs": 1.0},
+        decision="",
+    ),
+    dict(
+        name="lr_3e-4",
+        change="Adam at 3e-4 instead of 1e-4",
+        overrides={"learning_rate": 3e-4},
         decision="",
     ),
     dict(
@@ -44,21 +51,15 @@ ABLATIONS = (
         decision="",
     ),
     dict(
-        name="size_128",
-        change="128 px instead of 96 px",
-        overrides={"preprocess.image_size": 128},
+        name="paper_keras_evaluation",
+        change="batch 64, moving-average BatchNorm and one view: the paper as Keras runs it",
+        overrides={"global_batch_size": 64, "bn_recalibration_batches": 0, "eval_tta": False},
         decision="",
     ),
     dict(
-        name="lr_3e-4",
-        change="Adam at 3e-4 instead of 1e-4",
-        overrides={"learning_rate": 3e-4},
-        decision="",
-    ),
-    dict(
-        name="epochs_15_cosine",
-        change="15 epochs, 1 of warm-up then cosine decay from 1e-4",
-        overrides={"num_epochs": 15, "schedule": "warmup_cosine", "warmup_epochs": 1.0},
+        name="batch_64",
+        change="batch 64 (4x fewer steps), precise BN and TTA kept",
+        overrides={"global_batch_size": 64},
         decision="",
     ),
 )
