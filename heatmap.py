@@ -30,12 +30,7 @@ FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
-    """Defines the command-line flags; called only when this file runs as a program.
-
-    absl flags are global to the process and predict.py, heatmap.py and reproduce.py share
-    names (--workdir): defining them at import would stop one program, or a test, from
-    importing the functions of another.
-    """
+    """Defines the command-line flags when this file runs as a program (predict.py says why)."""
     flags.DEFINE_string("workdir", None, "Training run whose checkpoint predicts P(IDC).")
     flags.DEFINE_string("checkpoint", "latest", '"latest", "best" or a step number.')
     flags.DEFINE_string(

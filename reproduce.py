@@ -51,12 +51,7 @@ FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
-    """Defines the command-line flags; called only when this file runs as a program.
-
-    absl flags are global to the process and predict.py, heatmap.py and reproduce.py share
-    names (--workdir): defining them at import would stop one program, or a test, from
-    importing the functions of another.
-    """
+    """Defines the command-line flags when this file runs as a program (predict.py says why)."""
     flags.DEFINE_string("workdir", None, "Directory of the runs, report.md and its figures.")
     flags.DEFINE_bool(
         "report_only", False, "Only re-render report.md and the figures from the finished runs."

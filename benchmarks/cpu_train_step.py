@@ -113,6 +113,12 @@ def time_torch(name, size, batch, channels_last, repeats):
     return statistics.median(times) * 1e3
 
 
+def result_row(model, size, framework, variant, ms, compile_s=None) -> dict:
+    return dict(
+        model=model, size=size, framework=framework, variant=variant, ms=ms, compile_s=compile_s
+    )
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -154,30 +160,12 @@ def main(argv=None):
                 for layout, channels_last in (("nchw", False), ("channels_last", True)):
                     ms = time_torch(name, size, args.batch, channels_last, args.repeats)
                     torch_ms[layout] = ms
-                    rows.append(
-                        dict(
-                            model=name,
-                            size=size,
-                            framework="torch",
-                            variant=layout,
-                            ms=ms,
-                            compile_s=None,
-                        )
-                    )
+                    rows.append(result_row(name, size, "torch", layout, ms))
                     print(f"{name} {size}px torch {layout}: {ms:.0f} ms", flush=True)
             best_torch = min(torch_ms.values()) if torch_ms else None
             for impl in args.impls:
                 ms, compile_s = time_jax(name, size, args.batch, impl, args.repeats)
-                rows.append(
-                    dict(
-                        model=name,
-                        size=size,
-                        framework="jax",
-                        variant=impl,
-                        ms=ms,
-                        compile_s=compile_s,
-                    )
-                )
+                rows.append(result_row(name, size, "jax", impl, ms, compile_s))
                 print(
                     f"{name} {size}px jax {impl}: {ms:.0f} ms (compile {compile_s:.1f} s)",
                     flush=True,

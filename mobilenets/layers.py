@@ -32,8 +32,8 @@ Precision. Parameters are `param_dtype` (float32); convolutions multiply in the 
 pooled features run in at least float32; activations between layers are stored in `dtype`.
 
 Speed. `ConvBN(implementation=...)` is the one switch to a faster formulation of the same unit:
-`IMPLEMENTATIONS` maps a name to a function computing what `ConvBN.__call__` computes. The
-CPU path (`mobilenets/cpu/`) registers itself there; nothing in this file depends on it.
+`IMPLEMENTATIONS` maps a name to a function computing what `ConvBN.__call__` computes, registered
+by the package that provides it (mobilenets/__init__.py lists them); this file depends on none.
 """
 
 from __future__ import annotations

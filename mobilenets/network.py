@@ -159,23 +159,27 @@ def unit_options(
     )
 
 
-class MobileNet(nnx.Module):
-    """A MobileNet classifier: stem, the blocks of its table, optional last 1x1 convolution, head.
+class Network(nnx.Module):
+    """What every network here is: layers built from an `Architecture`, applied in order, then
+    the classifier head.
 
     Args:
       architecture: the network as data (`mobilenet_v1.ARCHITECTURE`, `mobilenet_v2.ARCHITECTURE`,
-        `mobilenet_v3.SMALL`, ...).
+        `mobilenet_v3.SMALL`, `resnet.ARCHITECTURE`, ...).
       num_classes: outputs of the classifier (2 for IDC negative / positive).
       alpha: width multiplier.
       dropout_rate, bn_momentum, bn_epsilon: None keeps the architecture's Keras defaults.
       dtype: compute dtype of the convolutions; param_dtype: of parameters and statistics.
-      implementation: "reference" (this package's definitions) or a registered faster
-        formulation of `ConvBN` ("cpu": `mobilenets/cpu`).
+      implementation: "reference" (these definitions) or the name of a faster formulation of
+        `ConvBN` registered in `layers.IMPLEMENTATIONS`.
       rngs: `params` stream for initialisation, `dropout` for dropout.
 
     Call on NHWC float images of any size >= 32 (in [-1, 1] like the Keras preprocessing); returns
     logits [batch, num_classes] in at least float32. `model.train()` / `model.eval()` switch
     BatchNorm between batch and running statistics and dropout on and off.
+
+    Subclasses build their layers (`build`) and list them in order (`layers`); a layer with conv +
+    BatchNorm units lists them (`units()`), which is how `profile` counts every convolution.
     """
 
     def __init__(
@@ -195,40 +199,34 @@ class MobileNet(nnx.Module):
         self.architecture = architecture
         self.num_classes = num_classes
         self.alpha = alpha
-        unit = unit_options(
-            architecture,
-            bn_momentum=bn_momentum,
-            bn_epsilon=bn_epsilon,
-            dtype=dtype,
-            param_dtype=param_dtype,
-            implementation=implementation,
-            rngs=rngs,
-        )
-        activation = architecture.activation
-        self.stem = ConvBN(
-            3,
-            architecture.stem_features(alpha),
-            kernel_size=3,
-            stride=architecture.stem_stride,
-            activation=activation,
-            **unit,
-        )
-        self.blocks = nnx.List(architecture.blocks(unit, alpha))
-        blocks_out = architecture.block_configs(alpha)[-1].out_features
-        last = architecture.last_features(alpha)
-        self.last_conv = (
-            ConvBN(blocks_out, last, activation=activation, **unit) if last is not None else None
+        self.build(
+            unit_options(
+                architecture,
+                bn_momentum=bn_momentum,
+                bn_epsilon=bn_epsilon,
+                dtype=dtype,
+                param_dtype=param_dtype,
+                implementation=implementation,
+                rngs=rngs,
+            )
         )
         self.head = ClassifierHead(
             architecture.feature_channels(alpha),
             num_classes,
             dropout_rate=architecture.dropout_rate if dropout_rate is None else dropout_rate,
             hidden_features=architecture.head_features(alpha),
-            hidden_activation=activation,
+            hidden_activation=architecture.activation,
             dtype=dtype,
             param_dtype=param_dtype,
             rngs=rngs,
         )
+
+    def build(self, unit: dict) -> None:
+        """Builds the layers before the head; `unit` are `ConvBN`'s keyword options."""
+        raise NotImplementedError
+
+    def layers(self) -> list[nnx.Module]:
+        raise NotImplementedError
 
     def features(self, images: jax.Array) -> jax.Array:
         """The last feature map before pooling, [batch, H/32, W/32, channels]."""
@@ -240,14 +238,41 @@ class MobileNet(nnx.Module):
     def __call__(self, images: jax.Array) -> jax.Array:
         return self.head(self.features(images))
 
+    def units(self) -> Sequence[ConvBN]:
+        """Every conv + BatchNorm unit in the order the forward pass runs them."""
+        units = []
+        for layer in self.layers():
+            if isinstance(layer, ConvBN):
+                units.append(layer)
+            elif hasattr(layer, "units"):
+                units.extend(layer.units())
+        return units
+
+
+class MobileNet(Network):
+    """A MobileNet classifier: stem, the blocks of its table, optional last 1x1 convolution, head
+    (arguments: `Network`'s)."""
+
+    def build(self, unit: dict) -> None:
+        architecture, alpha = self.architecture, self.alpha
+        self.stem = ConvBN(
+            3,
+            architecture.stem_features(alpha),
+            kernel_size=3,
+            stride=architecture.stem_stride,
+            activation=architecture.activation,
+            **unit,
+        )
+        self.blocks = nnx.List(architecture.blocks(unit, alpha))
+        blocks_out = architecture.block_configs(alpha)[-1].out_features
+        last = architecture.last_features(alpha)
+        self.last_conv = (
+            ConvBN(blocks_out, last, activation=architecture.activation, **unit)
+            if last is not None
+            else None
+        )
+
     def layers(self) -> list[nnx.Module]:
         """The stem, the blocks and the last convolution: what `features` applies, in order."""
         last = [] if self.last_conv is None else [self.last_conv]
         return [self.stem, *self.blocks, *last]
-
-    def units(self) -> Sequence[ConvBN]:
-        """Every conv + BatchNorm unit in the order the forward pass runs them."""
-        units = [self.stem]
-        for block in self.blocks:
-            units.extend(block.units())
-        return units if self.last_conv is None else [*units, self.last_conv]

@@ -27,14 +27,13 @@ pixel off Keras' windows. There is no width multiplier: `alpha` must be 1.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mobilenets.layers import ClassifierHead, ConvBN
-from mobilenets.network import Architecture, Stage, unit_options
+from mobilenets.layers import ConvBN
+from mobilenets.network import Architecture, Network, Stage
 
 
 class Bottleneck(nnx.Module):
@@ -109,44 +108,17 @@ ARCHITECTURE = Architecture(
 )
 
 
-class ResNet(nnx.Module):
-    """A ResNet classifier: the 7x7 stem and max pooling, the bottlenecks of its table, the head.
+class ResNet(Network):
+    """A ResNet classifier: the 7x7 stem and max pooling, the bottlenecks of its table, the head
+    (arguments: `Network`'s; `alpha` must be 1, `dropout_rate`, none in Keras, applies before
+    the classifier)."""
 
-    Arguments as `network.MobileNet`'s; `alpha` is accepted for a uniform interface and must be 1.
-    `dropout_rate` (default 0, none in Keras) applies before the classifier.
-    """
-
-    def __init__(
-        self,
-        architecture: Architecture,
-        num_classes: int = 2,
-        alpha: float = 1.0,
-        *,
-        dropout_rate: float | None = None,
-        bn_momentum: float | None = None,
-        bn_epsilon: float | None = None,
-        dtype=jnp.float32,
-        param_dtype=jnp.float32,
-        implementation: str = "reference",
-        rngs: nnx.Rngs,
-    ):
-        if alpha != 1.0:
-            raise ValueError(f"ResNet has no width multiplier: alpha must be 1.0, not {alpha}")
-        self.architecture = architecture
-        self.num_classes = num_classes
-        self.alpha = alpha
-        unit = unit_options(
-            architecture,
-            bn_momentum=bn_momentum,
-            bn_epsilon=bn_epsilon,
-            dtype=dtype,
-            param_dtype=param_dtype,
-            implementation=implementation,
-            rngs=rngs,
-        )
+    def build(self, unit: dict) -> None:
+        if self.alpha != 1.0:
+            raise ValueError(f"ResNet has no width multiplier: alpha must be 1.0, not {self.alpha}")
         self.stem = ConvBN(
             3,
-            architecture.stem_channels,
+            self.architecture.stem_channels,
             kernel_size=7,
             stride=2,
             padding=3,
@@ -155,33 +127,11 @@ class ResNet(nnx.Module):
             **unit,
         )
         self.pool = MaxPool(window=3, stride=2, padding=1)
-        self.blocks = nnx.List(architecture.blocks(unit, alpha))
-        self.head = ClassifierHead(
-            architecture.feature_channels(alpha),
-            num_classes,
-            dropout_rate=architecture.dropout_rate if dropout_rate is None else dropout_rate,
-            dtype=dtype,
-            param_dtype=param_dtype,
-            rngs=rngs,
-        )
-
-    def features(self, images: jax.Array) -> jax.Array:
-        """The last feature map before pooling, [batch, H/32, W/32, 2048]."""
-        x = images
-        for layer in self.layers():
-            x = layer(x)
-        return x
-
-    def __call__(self, images: jax.Array) -> jax.Array:
-        return self.head(self.features(images))
+        self.blocks = nnx.List(self.architecture.blocks(unit, self.alpha))
 
     def layers(self) -> list[nnx.Module]:
         """The stem, the pooling and the blocks: what `features` applies, in order."""
         return [self.stem, self.pool, *self.blocks]
-
-    def units(self) -> Sequence[ConvBN]:
-        """Every conv + BatchNorm unit in the order the forward pass runs them."""
-        return [self.stem, *(unit for block in self.blocks for unit in block.units())]
 
 
 ResNet50 = functools.partial(ResNet, ARCHITECTURE)

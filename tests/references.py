@@ -1,8 +1,13 @@
-"""Independent references for the layer tests: convolutions written as plain loops (float64)."""
+"""Independent references for the model tests: convolutions written as plain loops (float64),
+float32 rounding bounds, and abstract (shape-only) models to count."""
 
 import itertools
 
 import numpy as np
+from flax import nnx
+
+import mobilenets
+from mobilenets.profile import count
 
 
 def same_padding_before(size: int, kernel_size: int, stride: int) -> tuple[int, int]:
@@ -62,3 +67,13 @@ def float32_sum_bound(abs_sum: np.ndarray, num_terms: int) -> np.ndarray:
     unit_roundoff = 2.0**-24
     n = num_terms + 2
     return n * unit_roundoff / (1 - n * unit_roundoff) * abs_sum
+
+
+def abstract_model(name: str, **kwargs) -> nnx.Module:
+    """`mobilenets.create(name, **kwargs)` with shapes only: nothing allocated or computed."""
+    return nnx.eval_shape(lambda: mobilenets.create(name, rngs=nnx.Rngs(0), **kwargs))
+
+
+def counts(model: nnx.Module) -> tuple[int, int]:
+    """(trainable parameters, BatchNorm statistics) of a model."""
+    return count(model, nnx.Param), count(model, nnx.BatchStat)

@@ -59,6 +59,19 @@ def assert_within_float32_bound(got, expected, abs_sums, num_terms, names):
         assert np.all(error <= bound), f"{name}: max excess {np.max(error - bound)}"
 
 
+def assert_conv_equals_lax(conv, x, kernel, stride: int, groups: int, num_terms: int) -> None:
+    """`conv(x, kernel)` and its gradients against the lax convolution in float64."""
+    rng = np.random.default_rng(x.size)
+    out_shape = jax.eval_shape(lambda: lax_conv(x, kernel, stride, groups)).shape
+    cotangent = rng.normal(size=out_shape).astype(np.float32)
+    value, vjp = jax.vjp(conv, jnp.asarray(x), jnp.asarray(kernel))
+    got = [value, *vjp(jnp.asarray(cotangent))]
+    expected, abs_sums = reference_vjp(
+        lambda x, k: lax_conv(x, k, stride, groups), [x, kernel], cotangent
+    )
+    assert_within_float32_bound(got, expected, abs_sums, num_terms, ["y", "dx", "dkernel"])
+
+
 def lax_conv(x, kernel, stride, groups):
     """The reference convolution: what `nnx.Conv(padding='SAME')` runs."""
     return jax.lax.conv_general_dilated(
@@ -89,20 +102,16 @@ def test_shifted_depthwise_values_and_gradients_equal_the_grouped_convolution(
     channels = shape[-1]
     x = rng.normal(size=shape).astype(np.float32)
     kernel = rng.normal(size=(kernel_size, kernel_size, 1, channels)).astype(np.float32)
-    out_shape = jax.eval_shape(lambda: lax_conv(x, kernel, stride, channels)).shape
-    cotangent = rng.normal(size=out_shape).astype(np.float32)
-    value, vjp = jax.vjp(
-        lambda x, k: convolutions.depthwise_conv_shifted(x, k, stride),
-        jnp.asarray(x),
-        jnp.asarray(kernel),
-    )
-    got = [value, *vjp(jnp.asarray(cotangent))]
-    expected, abs_sums = reference_vjp(
-        lambda x, k: lax_conv(x, k, stride, channels), [x, kernel], cotangent
-    )
+    out_h, out_w = (-(-size // stride) for size in shape[1:3])
     # The kernel gradient sums over every image and output pixel: the most terms.
-    num_terms = shape[0] * out_shape[1] * out_shape[2]
-    assert_within_float32_bound(got, expected, abs_sums, num_terms, ["y", "dx", "dkernel"])
+    assert_conv_equals_lax(
+        lambda x, k: convolutions.depthwise_conv_shifted(x, k, stride),
+        x,
+        kernel,
+        stride,
+        channels,
+        num_terms=shape[0] * out_h * out_w,
+    )
 
 
 def test_native_depthwise_gradients_are_repeatable():
@@ -126,11 +135,7 @@ def test_pointwise_gemm_equals_the_1x1_convolution():
     rng = np.random.default_rng(2)
     x = rng.normal(size=(2, 5, 6, 7)).astype(np.float32)
     kernel = rng.normal(size=(1, 1, 7, 3)).astype(np.float32)
-    cotangent = rng.normal(size=(2, 5, 6, 3)).astype(np.float32)
-    value, vjp = jax.vjp(convolutions.pointwise_conv, jnp.asarray(x), jnp.asarray(kernel))
-    got = [value, *vjp(jnp.asarray(cotangent))]
-    expected, abs_sums = reference_vjp(lambda x, k: lax_conv(x, k, 1, 1), [x, kernel], cotangent)
-    assert_within_float32_bound(got, expected, abs_sums, 2 * 5 * 6, ["y", "dx", "dkernel"])
+    assert_conv_equals_lax(convolutions.pointwise_conv, x, kernel, 1, 1, num_terms=2 * 5 * 6)
 
 
 @pytest.mark.parametrize("shape, stride", [((6, 11, 10, 3), 2), ((3, 9, 9, 3), 1)])
@@ -138,19 +143,15 @@ def test_stem_convolution_values_and_gradients_equal_the_convolution(kernel_mode
     rng = np.random.default_rng(5)
     x = rng.normal(size=shape).astype(np.float32)
     kernel = rng.normal(size=(3, 3, 3, 16)).astype(np.float32)
-    out_shape = jax.eval_shape(lambda: lax_conv(x, kernel, stride, 1)).shape
-    cotangent = rng.normal(size=out_shape).astype(np.float32)
-    value, vjp = jax.vjp(
+    out_h, out_w = (-(-size // stride) for size in shape[1:3])
+    assert_conv_equals_lax(
         lambda x, k: convolutions.dense_conv_few_inputs(x, k, stride),
-        jnp.asarray(x),
-        jnp.asarray(kernel),
+        x,
+        kernel,
+        stride,
+        1,
+        num_terms=max(27, shape[0] * out_h * out_w),
     )
-    got = [value, *vjp(jnp.asarray(cotangent))]
-    expected, abs_sums = reference_vjp(
-        lambda x, k: lax_conv(x, k, stride, 1), [x, kernel], cotangent
-    )
-    num_terms = max(27, shape[0] * out_shape[1] * out_shape[2])
-    assert_within_float32_bound(got, expected, abs_sums, num_terms, ["y", "dx", "dkernel"])
 
 
 @pytest.mark.parametrize("apply_relu6", [False, True])

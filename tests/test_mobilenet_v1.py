@@ -9,14 +9,7 @@ from flax import nnx
 import mobilenets
 from mobilenets import mobilenet_v1
 from mobilenets.mobilenet_v1 import DepthwiseSeparable, MobileNetV1
-
-
-def _abstract(**kwargs):
-    return nnx.eval_shape(lambda: MobileNetV1(rngs=nnx.Rngs(0), **kwargs))
-
-
-def _count(model, kind):
-    return sum(x.size for x in jax.tree.leaves(nnx.state(model, kind)))
+from tests.references import abstract_model, counts
 
 
 @pytest.mark.parametrize(
@@ -25,15 +18,14 @@ def _count(model, kind):
     [(1.0, 4_231_976, 21_888), (0.5, 1_331_592, 10_944), (0.25, 470_072, 5_472)],
 )
 def test_published_parameter_counts(alpha, params, batch_stats):
-    model = _abstract(alpha=alpha, num_classes=1000)  # nnx.eval_shape: allocates nothing
-    assert _count(model, nnx.Param) == params
-    assert _count(model, nnx.BatchStat) == batch_stats
+    model = abstract_model("mobilenet_v1", alpha=alpha, num_classes=1000)  # allocates nothing
+    assert counts(model) == (params, batch_stats)
     profile = mobilenets.profile("mobilenet_v1", alpha=alpha, num_classes=1000)
     assert (profile.params, profile.batch_stats) == (params, batch_stats)
 
 
 def test_layer_widths_follow_table_1_with_truncation():
-    model = _abstract(alpha=0.75)
+    model = abstract_model("mobilenet_v1", alpha=0.75)
     assert model.stem.out_features == 24
     widths = [block.pointwise.out_features for block in model.blocks]
     assert widths == [48, 96, 96, 192, 192, 384, 384, 384, 384, 384, 384, 768, 768]
@@ -67,7 +59,7 @@ def test_separable_block_is_depthwise_then_pointwise_each_with_relu6():
 
 
 def test_units_list_the_built_model_in_order():
-    model = _abstract(alpha=1.0)
+    model = abstract_model("mobilenet_v1", alpha=1.0)
     units = model.units()
     assert len(units) == 1 + 2 * 13 and model.architecture.feature_channels(1.0) == 1024
     assert [u.kind for u in units[:3]] == ["dense", "depthwise", "pointwise"]

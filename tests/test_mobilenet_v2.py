@@ -9,16 +9,11 @@ from flax import nnx
 import mobilenets
 from mobilenets import mobilenet_v2
 from mobilenets.mobilenet_v2 import InvertedResidual, MobileNetV2
+from tests.references import abstract_model, counts
 
 LAYER_OPTIONS = dict(bn_momentum=0.999, bn_epsilon=1e-3)
 
 
-def _abstract(**kwargs):
-    return nnx.eval_shape(lambda: MobileNetV2(rngs=nnx.Rngs(0), **kwargs))
-
-
-def _count(model, kind):
-    return sum(x.size for x in jax.tree.leaves(nnx.state(model, kind)))
 
 
 @pytest.mark.parametrize(
@@ -27,20 +22,20 @@ def _count(model, kind):
     [(1.0, 3_504_872, 34_112), (0.35, 1_677_128, 14_080), (1.4, 6_108_776, 47_936)],
 )
 def test_published_parameter_counts(alpha, params, batch_stats):
-    model = _abstract(alpha=alpha, num_classes=1000)
-    assert _count(model, nnx.Param) == params
-    assert _count(model, nnx.BatchStat) == batch_stats
+    model = abstract_model("mobilenet_v2", alpha=alpha, num_classes=1000)
+    assert counts(model) == (params, batch_stats)
     profile = mobilenets.profile("mobilenet_v2", alpha=alpha, num_classes=1000)
     assert (profile.params, profile.batch_stats) == (params, batch_stats)
 
 
 def test_channel_rounding_and_last_conv():
-    model = _abstract(alpha=0.35)
+    model = abstract_model("mobilenet_v2", alpha=0.35)
     assert model.stem.out_features == 16
     outs = [block.project.out_features for block in model.blocks]
     assert outs == [8] + [8] * 2 + [16] * 3 + [24] * 4 + [32] * 3 + [56] * 3 + [112]
     assert model.last_conv.out_features == 1280  # not thinned for alpha < 1
-    assert _abstract(alpha=1.4).last_conv.out_features == 1792  # widened for alpha > 1
+    wide = abstract_model("mobilenet_v2", alpha=1.4)
+    assert wide.last_conv.out_features == 1792  # widened for alpha > 1
     assert model.blocks[0].expand is None  # t = 1: no expansion layer
     assert model.blocks[1].expand.out_features == 6 * 8
 
@@ -58,7 +53,7 @@ def test_final_feature_map_size(size, final):
 
 
 def test_shortcut_exactly_where_stride_1_and_equal_channels():
-    model = _abstract(alpha=1.0)
+    model = abstract_model("mobilenet_v2", alpha=1.0)
     # Keras block_2, 4, 5, 7, 8, 9, 11, 12, 14, 15 end in an Add layer (expanded_conv is block 0).
     assert [i for i, b in enumerate(model.blocks) if b.use_shortcut] == [
         2,

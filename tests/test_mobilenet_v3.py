@@ -11,6 +11,7 @@ import mobilenets
 from mobilenets import mobilenet_v3
 from mobilenets.layers import ConvBN
 from mobilenets.mobilenet_v3 import Bneck, SqueezeExcite
+from tests.references import abstract_model, counts
 
 LAYER_OPTIONS = dict(bn_momentum=0.999, bn_epsilon=1e-3)
 NAMES = {
@@ -21,12 +22,6 @@ NAMES = {
 }
 
 
-def _abstract(name, **kwargs):
-    return nnx.eval_shape(lambda: mobilenets.create(name, rngs=nnx.Rngs(0), **kwargs))
-
-
-def _count(model, kind):
-    return sum(x.size for x in jax.tree.leaves(nnx.state(model, kind)))
 
 
 # keras.applications.mobilenet_v3, transcribed from its `stack_fn`s as the arguments of
@@ -115,8 +110,8 @@ def keras_counts(model_type, alpha, minimalistic, classes):
     [("mobilenet_v3_small", 2_542_856, 12_112), ("mobilenet_v3_large", 5_483_032, 24_400)],
 )
 def test_keras_parameter_counts(name, params, batch_stats):
-    model = _abstract(name, num_classes=1000)
-    assert (_count(model, nnx.Param), _count(model, nnx.BatchStat)) == (params, batch_stats)
+    model = abstract_model(name, num_classes=1000)
+    assert counts(model) == (params, batch_stats)
     profile = mobilenets.profile(name, alpha=1.0, num_classes=1000)
     assert (profile.params, profile.batch_stats) == (params, batch_stats)
 
@@ -131,9 +126,9 @@ def test_independent_count_reproduces_the_keras_numbers():
 @pytest.mark.parametrize("alpha, classes", [(1.0, 1000), (0.75, 1000), (0.5, 2), (1.3, 2)])
 def test_counts_equal_the_keras_layer_by_layer_count(model_type, minimalistic, alpha, classes):
     name = NAMES[model_type, minimalistic]
-    model = _abstract(name, alpha=alpha, num_classes=classes)
+    model = abstract_model(name, alpha=alpha, num_classes=classes)
     expected = keras_counts(model_type, alpha, minimalistic, classes)
-    assert (_count(model, nnx.Param), _count(model, nnx.BatchStat)) == expected
+    assert counts(model) == expected
 
 
 def test_two_classes_at_96_pixels():
@@ -149,7 +144,7 @@ def test_two_classes_at_96_pixels():
 @pytest.mark.parametrize("model_type", ["small", "large"])
 def test_block_widths_kernels_nonlinearities_and_se_follow_the_tables(model_type):
     rows, last_point_ch = KERAS[model_type]
-    model = _abstract(NAMES[model_type, False], alpha=0.75)
+    model = abstract_model(NAMES[model_type, False], alpha=0.75)
     assert model.stem.out_features == 16 and model.stem.activation == "hard_swish"
     infilters = 16
     for block, (expansion, filters, kernel, stride, se, nonlinearity) in zip(model.blocks, rows):
@@ -169,13 +164,13 @@ def test_block_widths_kernels_nonlinearities_and_se_follow_the_tables(model_type
     assert model.last_conv.activation == model.head.hidden_activation == "hard_swish"
     assert model.head.hidden.out_features == last_point_ch  # not thinned below alpha 1
     assert model.head.dropout.rate == 0.2 and model.stem.norm.momentum == 0.999
-    wide = _abstract(NAMES[model_type, False], alpha=1.3)
+    wide = abstract_model(NAMES[model_type, False], alpha=1.3)
     assert wide.head.hidden.out_features == keras_depth(last_point_ch * 1.3)  # widened above
 
 
 @pytest.mark.parametrize("model_type", ["small", "large"])
 def test_minimalistic_has_3x3_kernels_relu_and_no_se(model_type):
-    model = _abstract(NAMES[model_type, True])
+    model = abstract_model(NAMES[model_type, True])
     assert all(unit.activation in ("relu", None) for unit in model.units())
     assert all(
         unit.conv.kernel_size == (3, 3) for unit in model.units() if unit.kind != "pointwise"
@@ -187,7 +182,7 @@ def test_minimalistic_has_3x3_kernels_relu_and_no_se(model_type):
 @pytest.mark.parametrize("model_type", ["small", "large"])
 @pytest.mark.parametrize("alpha", [0.5, 1.0, 1.3])
 def test_expansion_and_shortcut_rules(model_type, alpha):
-    model = _abstract(NAMES[model_type, False], alpha=alpha)
+    model = abstract_model(NAMES[model_type, False], alpha=alpha)
     # Keras' `if block_id:` expands every block but the first.
     assert [block.expand is None for block in model.blocks] == [True] + [False] * (
         len(model.blocks) - 1
@@ -295,7 +290,7 @@ def test_bneck_runs_expand_depthwise_se_project_in_order():
 
 def test_registry_builds_every_variant():
     for (model_type, minimalistic), name in NAMES.items():
-        model = _abstract(name)
+        model = abstract_model(name)
         expected = getattr(
             mobilenet_v3, model_type.upper() + ("_MINIMALISTIC" if minimalistic else "")
         )

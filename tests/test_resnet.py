@@ -9,17 +9,11 @@ from flax import nnx
 
 import mobilenets
 from mobilenets.resnet import Bottleneck, MaxPool
-from tests.references import naive_dense_conv
+from tests.references import abstract_model, counts, naive_dense_conv
 
 LAYER_OPTIONS = dict(bn_momentum=0.99, bn_epsilon=1.001e-5)
 
 
-def _abstract(**kwargs):
-    return nnx.eval_shape(lambda: mobilenets.create("resnet50", rngs=nnx.Rngs(0), **kwargs))
-
-
-def _count(model, kind):
-    return sum(x.size for x in jax.tree.leaves(nnx.state(model, kind)))
 
 
 def keras_resnet50_counts(classes):
@@ -54,15 +48,15 @@ def keras_resnet50_counts(classes):
 )
 def test_parameter_counts(classes, params, batch_stats):
     assert keras_resnet50_counts(classes) == (params, batch_stats)
-    model = _abstract(num_classes=classes)
-    assert (_count(model, nnx.Param), _count(model, nnx.BatchStat)) == (params, batch_stats)
+    model = abstract_model("resnet50", num_classes=classes)
+    assert counts(model) == (params, batch_stats)
     profile = mobilenets.profile("resnet50", image_size=96, num_classes=classes)
     assert (profile.params, profile.batch_stats) == (params, batch_stats)
     assert keras_resnet50_counts(2) == (23_538_690, 53_120)
 
 
 def test_structure_follows_table_1():
-    model = _abstract()
+    model = abstract_model("resnet50")
     assert model.stem.conv.kernel_size == (7, 7) and model.stem.stride == 2
     assert model.stem.conv.use_bias and model.stem.activation == "relu"
     assert model.stem.norm.epsilon == 1.001e-5 and model.stem.norm.momentum == 0.99
