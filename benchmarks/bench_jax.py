@@ -542,18 +542,17 @@ def main(argv: Sequence[str] | None = None) -> None:
                 feeding_by_batch[batch_size],
                 first_in_process=not rows,
             )
-            rows.append(row)
-            print(
+            compare.add_row(
+                args.out,
+                "jax",
+                meta,
+                rows,
+                row,
                 f"{model} {size}px batch {batch_size}: {row['train_images_per_s']:,.0f} train "
                 f"images/s, {row['eval_images_per_s']:,.0f} eval images/s, compile "
                 f"{row['compile_s']:.1f} s",
-                flush=True,
             )
-            # After every row, so that a run stopped by its time limit keeps what it measured.
-            compare.write_results(args.out, "jax", meta, rows, quiet=True)
-    print()
-    print(compare.rows_table(rows))
-    compare.write_results(args.out, "jax", meta, rows)
+    compare.finish(args.out, "jax", meta, rows)
 
 
 if __name__ == "__main__":

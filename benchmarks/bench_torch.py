@@ -374,18 +374,17 @@ def main(argv: Sequence[str] | None = None) -> None:
                     epoch_split,
                     feeding_by_batch[batch_size],
                 )
-                rows.append(row)
-                print(
+                compare.add_row(
+                    args.out,
+                    "torch",
+                    meta,
+                    rows,
+                    row,
                     f"{model_name} {size}px batch {batch_size} {row['variant']}: "
                     f"{row['train_images_per_s']:,.0f} train images/s, "
                     f"{row['eval_images_per_s']:,.0f} eval images/s",
-                    flush=True,
                 )
-                # After every row, so that a run stopped by its time limit keeps what it measured.
-                compare.write_results(args.out, "torch", meta, rows, quiet=True)
-    print()
-    print(compare.rows_table(rows))
-    compare.write_results(args.out, "torch", meta, rows)
+    compare.finish(args.out, "torch", meta, rows)
 
 
 if __name__ == "__main__":

@@ -96,6 +96,23 @@ def write_results(
     return payload
 
 
+def add_row(
+    path: str | os.PathLike, benchmark: str, meta: Mapping, rows: list, row: dict, line: str
+) -> None:
+    """Appends a measured row, prints its line and rewrites the JSON: a run stopped by its time
+    limit keeps what it measured."""
+    rows.append(row)
+    print(line, flush=True)
+    write_results(path, benchmark, meta, rows, quiet=True)
+
+
+def finish(path: str | os.PathLike, benchmark: str, meta: Mapping, rows: Sequence) -> None:
+    """Prints the table of all rows and writes the final JSON."""
+    print()
+    print(rows_table(rows))
+    write_results(path, benchmark, meta, rows)
+
+
 def write_skipped(path: str | os.PathLike, benchmark: str, reason: str) -> None:
     """A results file that says why a benchmark did not run (so the combined table can say it)."""
     path = pathlib.Path(path)
