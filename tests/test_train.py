@@ -351,3 +351,29 @@ def test_bn_recalibration_sets_the_average_batch_statistics(compiled, data_dir):
     assert not np.allclose(state.batch_stats["stem"]["norm"]["var"][...], np.mean(variances, 0))
     # The weights are untouched.
     jax.tree.map(np.testing.assert_array_equal, recalibrated.params, state.params)
+
+
+@pytest.mark.heavy
+@pytest.mark.parametrize(
+    "config_file, alpha",
+    [
+        ("configs/v2.py", 0.25),
+        ("configs/v3_small.py", 0.25),
+        ("configs/v3_large.py", 0.25),
+        ("configs/resnet50.py", 1.0),  # no width multiplier
+    ],
+)
+def test_every_network_config_trains_end_to_end(tmp_path, data_dir, config_file, alpha):
+    result = run_main(
+        tmp_path,
+        data_dir,
+        "--config.num_epochs=1",
+        f"--config.model.alpha={alpha}",
+        config=config_file,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    from trainer import paper
+
+    assert summary["model"] == paper.load_config_file(REPO / config_file).model.name
+    assert 0.0 <= summary["test"]["roc_auc"] <= 1.0 and summary["steps"] > 0
