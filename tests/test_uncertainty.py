@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as sklearn_metrics
 
-from trainer import metrics, paper, uncertainty
+from trainer import figures, metrics, uncertainty
 
 
 def synthetic_patients(num_patients, mean_patches, seed, ties=False):
@@ -206,7 +206,7 @@ def test_reliability_diagram_and_per_patient_figures_render(tmp_path):
     }
     assert None in as_json["mean_predicted"]  # some bins are empty
     path = tmp_path / "reliability.png"
-    paper.plot_reliability_diagram(path, [("run A", curve), ("run B", as_json)])
+    figures.plot_reliability_diagram(path, [("run A", curve), ("run B", as_json)])
     assert _is_png(path)
 
     # Patient 1: no IDC patch, so no per-patient AUC or balanced accuracy.
@@ -215,5 +215,5 @@ def test_reliability_diagram_and_per_patient_figures_render(tmp_path):
     assert any(np.isnan(row["roc_auc"]) for row in table)  # some patients have one class
     rows_json = [{k: (None if v != v else v) for k, v in row.items()} for row in table]
     path = tmp_path / "per_patient.png"
-    paper.plot_per_patient_distribution(path, [("run A", table), ("run B", rows_json)])
+    figures.plot_per_patient_distribution(path, [("run A", table), ("run B", rows_json)])
     assert _is_png(path)
