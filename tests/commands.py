@@ -6,14 +6,34 @@ import subprocess
 import sys
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
+# conftest.py adds these to XLA_FLAGS for the whole suite (it says why).
+TEST_XLA_FLAGS = ("--xla_backend_optimization_level=0",)
 
 
-def run_program(script: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+def subprocess_environment(
+    device_count: int | None = None, *, test_flags: bool = True, **extra: str
+) -> dict[str, str]:
+    """This process's environment for a child on the CPU: the XLA flags without any device count
+    inherited from the caller, plus `device_count` virtual devices; without TEST_XLA_FLAGS when
+    `test_flags` is False (a child that measures the compiled code as users run it)."""
+    flags = os.environ.get("XLA_FLAGS", "").split()
+    flags = [flag for flag in flags if not flag.startswith(DEVICE_COUNT_FLAG)]
+    if not test_flags:
+        flags = [flag for flag in flags if flag not in TEST_XLA_FLAGS]
+    if device_count is not None:
+        flags.append(f"{DEVICE_COUNT_FLAG}={device_count}")
+    return {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": " ".join(flags), **extra}
+
+
+def run_program(
+    script: str, *args: str, timeout: int = 300, test_flags: bool = True
+) -> subprocess.CompletedProcess:
     """`python <script> <args>` from the repository root; stdout and stderr captured as text."""
     return subprocess.run(
         [sys.executable, script, *map(str, args)],
         cwd=REPO,
-        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        env=subprocess_environment(test_flags=test_flags),
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -1,8 +1,10 @@
 """Shared test fixtures.
 
-Tests run on the CPU. XLA compiles of depthwise convolutions are slow there, so
-the suite keeps a persistent compilation cache in the repository (reused by the
-subprocesses that run `main.py`) and uses small widths and images.
+Tests run on the CPU. XLA compiles of depthwise convolutions are slow there, so the suite keeps a
+persistent compilation cache in the repository (reused by the subprocesses that run `main.py`),
+uses small widths and images, and compiles without LLVM's optimisation passes: the suite compiles
+hundreds of small programs and runs each a few times, so those passes cost more than they save.
+No test depends on them: every tolerance holds for any order of float operations.
 """
 
 import os
@@ -12,11 +14,16 @@ import shutil
 import jax
 import pytest
 
+from tests.commands import TEST_XLA_FLAGS
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 IDC_SAMPLE = SHARED_DATA / "idc_sample" / "8863"
 SPLITS_DIR = SHARED_DATA / "splits"
 JAX_CACHE = REPO_ROOT / ".jax_cache"
+
+# Before JAX creates its CPU backend; child processes inherit it (tests/commands.py).
+os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), *TEST_XLA_FLAGS]).strip()
 
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(JAX_CACHE))
 jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])

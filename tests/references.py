@@ -1,8 +1,11 @@
 """Independent references for the model tests: convolutions written as plain loops (float64),
 float32 rounding bounds, and abstract (shape-only) models to count."""
 
+import functools
 import itertools
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -72,6 +75,22 @@ def float32_sum_bound(abs_sum: np.ndarray, num_terms: int) -> np.ndarray:
 def abstract_model(name: str, **kwargs) -> nnx.Module:
     """`mobilenets.create(name, **kwargs)` with shapes only: nothing allocated or computed."""
     return nnx.eval_shape(lambda: mobilenets.create(name, rngs=nnx.Rngs(0), **kwargs))
+
+
+@functools.cache
+def _abstract_split(name: str, frozen_kwargs: tuple) -> tuple:
+    return nnx.split(abstract_model(name, **dict(frozen_kwargs)))
+
+
+def traced_shapes(name: str, size: int, function, **kwargs):
+    """Shapes of `function(model, images)` for one size x size image, traced only.
+
+    The model is abstract and built once per (name, kwargs): no initialiser runs and nothing
+    compiles, so a shape check costs the trace of the forward pass alone.
+    """
+    graphdef, state = _abstract_split(name, tuple(sorted(kwargs.items())))
+    images = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+    return jax.eval_shape(lambda state, x: function(nnx.merge(graphdef, state), x), state, images)
 
 
 def counts(model: nnx.Module) -> tuple[int, int]:

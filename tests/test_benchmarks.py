@@ -9,7 +9,6 @@ only required to be positive and finite.
 
 import json
 import math
-import os
 import pathlib
 import runpy
 import subprocess
@@ -27,6 +26,7 @@ import bench_data  # noqa: E402
 import compare  # noqa: E402
 
 from mobilenets.cpu import kernels as cpu_kernels  # noqa: E402
+from tests.commands import subprocess_environment  # noqa: E402
 from tests.conftest import EMBEDDED_SAMPLE  # noqa: E402
 
 TINY = (
@@ -51,11 +51,10 @@ POSITIVE_KEYS = (
 
 def run_script(script: str, *args: str, tmp_path: pathlib.Path) -> dict:
     out = tmp_path / f"{script}.json"
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     result = subprocess.run(
         [sys.executable, str(BENCH / script), *args, "--out", str(out)],
         cwd=REPO,
-        env=env,
+        env=subprocess_environment(),
         capture_output=True,
         text=True,
         timeout=300,

@@ -6,7 +6,6 @@ same steps and examples, and write every output once.
 """
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -15,6 +14,7 @@ import time
 import numpy as np
 import pytest
 
+from tests.commands import subprocess_environment
 from tests.test_train import REPO, TINY_OVERRIDES
 
 
@@ -45,10 +45,11 @@ def _launch(workdir, data_dir, log_dir, *extra, num_processes=2, port=None):
                 f"--config.distributed.process_id={process_id}",
             ]
         log = open(log_dir / f"process_{process_id}.log", "w")  # noqa: SIM115
-        env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-        env.pop("XLA_FLAGS", None)
         processes.append(
-            subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+            subprocess.Popen(
+                command, cwd=REPO, env=subprocess_environment(), stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         )
     return processes
 

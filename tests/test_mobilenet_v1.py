@@ -1,6 +1,5 @@
 """MobileNetV1: sizes against the published Keras numbers, feature-map sizes, block structure."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -8,8 +7,8 @@ from flax import nnx
 
 import mobilenets
 from mobilenets import mobilenet_v1
-from mobilenets.mobilenet_v1 import DepthwiseSeparable, MobileNetV1
-from tests.references import abstract_model, counts
+from mobilenets.mobilenet_v1 import DepthwiseSeparable
+from tests.references import abstract_model, counts, traced_shapes
 
 
 @pytest.mark.parametrize(
@@ -37,10 +36,7 @@ def test_layer_widths_follow_table_1_with_truncation():
 
 @pytest.mark.parametrize("size, final", [(224, 7), (192, 6), (160, 5), (128, 4), (50, 2), (32, 1)])
 def test_final_feature_map_size(size, final):
-    images = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
-    features = jax.eval_shape(
-        lambda x: MobileNetV1(alpha=0.25, rngs=nnx.Rngs(0)).features(x), images
-    )
+    features = traced_shapes("mobilenet_v1", size, lambda model, x: model.features(x), alpha=0.25)
     assert features.shape == (1, final, final, 256)
     assert mobilenets.profile("mobilenet_v1", alpha=0.25, image_size=size).feature_size == final
 

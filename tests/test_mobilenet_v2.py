@@ -1,6 +1,5 @@
 """MobileNetV2: sizes against the published Keras numbers, feature-map sizes, inverted residuals."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -8,8 +7,8 @@ from flax import nnx
 
 import mobilenets
 from mobilenets import mobilenet_v2
-from mobilenets.mobilenet_v2 import InvertedResidual, MobileNetV2
-from tests.references import abstract_model, counts
+from mobilenets.mobilenet_v2 import InvertedResidual
+from tests.references import abstract_model, counts, traced_shapes
 
 LAYER_OPTIONS = dict(bn_momentum=0.999, bn_epsilon=1e-3)
 
@@ -44,10 +43,7 @@ def test_channel_rounding_and_last_conv():
     "size, final", [(224, 7), (192, 6), (160, 5), (128, 4), (96, 3), (50, 2), (32, 1)]
 )
 def test_final_feature_map_size(size, final):
-    images = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
-    features = jax.eval_shape(
-        lambda x: MobileNetV2(alpha=0.35, rngs=nnx.Rngs(0)).features(x), images
-    )
+    features = traced_shapes("mobilenet_v2", size, lambda model, x: model.features(x), alpha=0.35)
     assert features.shape == (1, final, final, 1280)
     assert mobilenets.profile("mobilenet_v2", alpha=0.35, image_size=size).feature_size == final
 

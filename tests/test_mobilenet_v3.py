@@ -1,7 +1,6 @@
 """MobileNetV3 Small and Large: sizes against Keras' numbers and an independent count from the
 Keras table, feature-map sizes, the bneck block, squeeze-and-excitation against numpy."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -11,7 +10,7 @@ import mobilenets
 from mobilenets import mobilenet_v3
 from mobilenets.layers import ConvBN
 from mobilenets.mobilenet_v3 import Bneck, SqueezeExcite
-from tests.references import abstract_model, counts
+from tests.references import abstract_model, counts, traced_shapes
 
 LAYER_OPTIONS = dict(bn_momentum=0.999, bn_epsilon=1e-3)
 NAMES = {
@@ -201,12 +200,8 @@ def test_expansion_and_shortcut_rules(model_type, alpha):
 
 @pytest.mark.parametrize("size, final", [(224, 7), (96, 3), (50, 2), (32, 1)])
 def test_final_feature_map_size(size, final):
-    images = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
     for name, channels in (("mobilenet_v3_small", 288), ("mobilenet_v3_large", 480)):
-        features = jax.eval_shape(
-            lambda x, name=name: mobilenets.create(name, alpha=0.5, rngs=nnx.Rngs(0)).features(x),
-            images,
-        )
+        features = traced_shapes(name, size, lambda model, x: model.features(x), alpha=0.5)
         assert features.shape == (1, final, final, channels)  # 6 x the last block's 48 / 80
         assert mobilenets.profile(name, alpha=0.5, image_size=size).feature_size == final
 

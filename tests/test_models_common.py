@@ -21,6 +21,12 @@ ALPHA = {
     "resnet50": 1.0,
 }
 MODELS = list(ALPHA)
+# The whole-model compiles below (tens of seconds each on 2 cores) run for V3-Large with the heavy
+# tests: it is built from the units of V3-Small, and test_mobilenet_v3.py checks its own table.
+COMPILED = [
+    pytest.param(name, marks=pytest.mark.heavy) if name == "mobilenet_v3_large" else name
+    for name in MODELS
+]
 SIZE = 32
 BATCH = 4
 
@@ -31,7 +37,7 @@ def _images(size=SIZE, batch=BATCH, seed=0):
     )
 
 
-@pytest.fixture(scope="module", params=MODELS)
+@pytest.fixture(scope="module", params=COMPILED)
 def trained_once(request):
     """One jitted loss-and-gradient evaluation of a small model in train mode (one compile).
 
@@ -83,21 +89,35 @@ def test_train_mode_updates_every_batchnorm_statistic(trained_once):
         assert not np.array_equal(before[path][...], after[path][...]), path
 
 
-@pytest.mark.parametrize("name", MODELS)
-def test_eval_mode_is_deterministic_and_freezes_statistics(name):
-    model = mobilenets.create(name, alpha=ALPHA[name], dropout_rate=0.5, rngs=nnx.Rngs(0))
+def _eval_logits(name, dtype):
+    """Eval-mode logits of `_images(seed=3)` (one compile) and the model, its statistics before."""
+    model = mobilenets.create(
+        name, alpha=ALPHA[name], num_classes=10, dropout_rate=0.5, dtype=dtype, rngs=nnx.Rngs(0)
+    )
     model.eval()
     stats = jax.tree.map(np.asarray, nnx.state(model, nnx.BatchStat))
     forward = nnx.jit(lambda model, x: model(x))
-    images = _images()
+    return forward, model, stats
+
+
+@pytest.fixture(scope="module", params=COMPILED)
+def evaluated_once(request):
+    """(name, the jitted eval-mode forward, the float32 model, its statistics before any call)."""
+    return request.param, *_eval_logits(request.param, jnp.float32)
+
+
+def test_eval_mode_is_deterministic_and_freezes_statistics(evaluated_once):
+    _, forward, model, stats = evaluated_once
+    images = _images(seed=3)
     first, second = forward(model, images), forward(model, images)
-    np.testing.assert_array_equal(first, second)
+    np.testing.assert_array_equal(first, second)  # dropout 0.5 is off in eval mode
     jax.tree.map(np.testing.assert_array_equal, stats, nnx.state(model, nnx.BatchStat))
 
 
-@pytest.mark.parametrize("name", ["mobilenet_v1", "mobilenet_v2"])
-def test_eval_mode_logits_of_an_image_do_not_depend_on_its_batch(name):
+def test_eval_mode_logits_of_an_image_do_not_depend_on_its_batch():
     """With running statistics an image's logits are a function of the image alone.
+
+    MobileNetV2 has every kind of unit V1 has (stem, depthwise, pointwise, head), and residuals.
 
     In float64 so that what remains is rounding at 2^-53 (batches of other sizes may be tiled
     and summed in another order): 1e-9 is far above it and far below any dependence on the
@@ -105,7 +125,8 @@ def test_eval_mode_logits_of_an_image_do_not_depend_on_its_batch(name):
     """
     with jax.enable_x64(True):
         model = mobilenets.create(
-            name, alpha=0.25, dtype=jnp.float64, param_dtype=jnp.float64, rngs=nnx.Rngs(0)
+            "mobilenet_v2", alpha=0.25, dtype=jnp.float64, param_dtype=jnp.float64,
+            rngs=nnx.Rngs(0),
         )
         model.eval()
         forward = nnx.jit(lambda model, x: model(x))
@@ -116,25 +137,20 @@ def test_eval_mode_logits_of_an_image_do_not_depend_on_its_batch(name):
         assert not np.allclose(forward(model, images[:2]), forward(model, images)[:2], rtol=1e-3)
 
 
-@pytest.mark.parametrize("name", MODELS)
-def test_bfloat16_forward_close_to_float32(name):
+def test_bfloat16_forward_close_to_float32(evaluated_once):
+    # Running statistics: a fixed function of the parameters. (Batch statistics over a 1x1 final
+    # map of 4 images would amplify rounding differences arbitrarily.)
+    name, forward, model, _ = evaluated_once
     images = _images(seed=3)
-    logits = {}
-    for dtype in (jnp.float32, jnp.bfloat16):
-        model = mobilenets.create(
-            name, alpha=ALPHA[name], num_classes=10, dtype=dtype, rngs=nnx.Rngs(0)
-        )
-        # Running statistics: a fixed function of the parameters. (Batch statistics over a
-        # 1x1 final map of 4 images would amplify rounding differences arbitrarily.)
-        model.eval()
-        logits[dtype] = nnx.jit(lambda model, x: model(x))(model, images)
-        for leaf in jax.tree.leaves(nnx.state(model)):
-            assert leaf.dtype != jnp.bfloat16  # parameters and statistics stay float32
-        features = jax.eval_shape(model.features, images)  # traces, does not compile
-        assert features.dtype == dtype  # activations really are stored in the compute dtype
-    assert logits[jnp.bfloat16].dtype == jnp.float32
-    reference = np.asarray(logits[jnp.float32])
-    relative_error = np.linalg.norm(logits[jnp.bfloat16] - reference) / np.linalg.norm(reference)
+    reference = np.asarray(forward(model, images))
+    forward, model, _ = _eval_logits(name, jnp.bfloat16)
+    logits = forward(model, images)
+    for leaf in jax.tree.leaves(nnx.state(model)):
+        assert leaf.dtype != jnp.bfloat16  # parameters and statistics stay float32
+    features = jax.eval_shape(model.features, images)  # traces, does not compile
+    assert features.dtype == jnp.bfloat16  # activations really are stored in the compute dtype
+    assert logits.dtype == jnp.float32
+    relative_error = np.linalg.norm(logits - reference) / np.linalg.norm(reference)
     # bfloat16 keeps 8 significant bits (0.4%); over ~50 layers, with V2's unnormalised residual
     # sums, about 1% (V1) and 5% (V2) accumulate. A wrong weight or layer would give ~100%.
     assert relative_error < 0.1

@@ -9,7 +9,7 @@ from flax import nnx
 
 import mobilenets
 from mobilenets.resnet import Bottleneck, MaxPool
-from tests.references import abstract_model, counts, naive_dense_conv
+from tests.references import abstract_model, counts, naive_dense_conv, traced_shapes
 
 LAYER_OPTIONS = dict(bn_momentum=0.99, bn_epsilon=1.001e-5)
 
@@ -93,13 +93,9 @@ def test_feature_map_sizes_match_keras(size, after_pool, final):
     # Keras: pad 3 + 'valid' 7x7 stride 2, then pad 1 + 'valid' 3x3 stride 2 pooling.
     stem = (size + 6 - 7) // 2 + 1
     assert (stem + 2 - 3) // 2 + 1 == after_pool
-    images = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
-
-    def stem_and_pool(x):
-        model = mobilenets.create("resnet50", rngs=nnx.Rngs(0))
-        return model.pool(model.stem(x)), model.features(x)
-
-    pooled, features = jax.eval_shape(stem_and_pool, images)
+    pooled, features = traced_shapes(
+        "resnet50", size, lambda model, x: (model.pool(model.stem(x)), model.features(x))
+    )
     assert pooled.shape == (1, after_pool, after_pool, 64)
     assert features.shape == (1, final, final, 2048)
     assert mobilenets.profile("resnet50", image_size=size).feature_size == final

@@ -20,7 +20,6 @@ The network is the reference implementation (it compiles fastest; which formulat
 runs is tested in test_cpu_path.py, and the trainer's code path is the same for both).
 """
 
-import os
 import socket
 import subprocess
 import sys
@@ -28,6 +27,7 @@ import sys
 import numpy as np
 import pytest
 
+from tests.commands import subprocess_environment
 from tests.test_train import REPO
 
 PROBE = REPO / "tests" / "sharding_probe.py"
@@ -36,10 +36,8 @@ NULL_FACTOR = 10
 UNIT_ROUNDOFF32 = 2.0**-24
 
 
-def _environment(**extra) -> dict:
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_ENABLE_X64": "1", **extra}
-    env["MOBILENETS_CPU_KERNELS"] = "0"
-    return env
+def _environment(device_count: int | None = None) -> dict:
+    return subprocess_environment(device_count, JAX_ENABLE_X64="1", MOBILENETS_CPU_KERNELS="0")
 
 
 def _read(path) -> dict[str, dict[str, np.ndarray]]:
@@ -55,7 +53,7 @@ def _read(path) -> dict[str, dict[str, np.ndarray]]:
 def one_process(data_dir, tmp_path_factory):
     """The probe's numbers on 1, 2 and 8 devices of one process, and the permuted nulls."""
     output = tmp_path_factory.mktemp("probe") / "one_process.npz"
-    env = _environment(XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    env = _environment(device_count=8)
     result = subprocess.run(
         [sys.executable, str(PROBE), str(data_dir), str(output)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=900,
@@ -76,7 +74,6 @@ def two_processes(data_dir, tmp_path_factory, one_process):
     output = tmp_path_factory.mktemp("probe") / "two_processes.npz"
     coordinator = f"localhost:{_free_port()}"
     env = _environment()
-    env.pop("XLA_FLAGS", None)
     processes = [
         subprocess.Popen(
             [sys.executable, str(PROBE), str(data_dir), str(output), coordinator, "2", str(i)],

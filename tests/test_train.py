@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from configs import default
+from tests.commands import subprocess_environment
 from tests.references import float32_sum_bound, naive_dense_conv
 from trainer import evaluate, loop, metrics, steps
 from trainer import state as state_lib
@@ -58,7 +59,7 @@ def run_main(workdir, data_dir, *extra, config="configs/v1.py", env=None, wait=T
         *TINY_OVERRIDES,
         *extra,
     ]
-    environment = {**os.environ, "JAX_PLATFORMS": "cpu", **(env or {})}
+    environment = subprocess_environment(**(env or {}))
     if not wait:
         return subprocess.Popen(
             command, cwd=REPO, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
