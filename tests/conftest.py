@@ -22,8 +22,9 @@ IDC_SAMPLE = SHARED_DATA / "idc_sample" / "8863"
 SPLITS_DIR = SHARED_DATA / "splits"
 JAX_CACHE = REPO_ROOT / ".jax_cache"
 
-# Before JAX creates its CPU backend; child processes inherit it (tests/commands.py).
-os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), *TEST_XLA_FLAGS]).strip()
+# Before JAX creates its CPU backend; child processes inherit it (tests/commands.py). First,
+# because XLA stops reading XLA_FLAGS at an entry without dashes.
+os.environ["XLA_FLAGS"] = " ".join([*TEST_XLA_FLAGS, os.environ.get("XLA_FLAGS", "")]).strip()
 
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(JAX_CACHE))
 jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])

@@ -1,9 +1,9 @@
 """The numbers of a few training steps on several device layouts (run as a subprocess).
 
     python tests/sharding_probe.py DATA_DIR OUT.npz
-        One process. With XLA_FLAGS=--xla_force_host_platform_device_count=8 it computes on
-        meshes of 1, 2 and 8 of its devices, and on one device again with the rows of every batch
-        permuted (the null: the same mathematics with the float sums in another order).
+        One process, with JAX_NUM_CPU_DEVICES=8: it computes on meshes of 1, 2 and 8 of its
+        devices, and on one device again with the rows of every batch permuted (the null: the
+        same mathematics with the float sums in another order).
     python tests/sharding_probe.py DATA_DIR OUT.npz COORDINATOR NUM_PROCESSES PROCESS_ID
         One of several processes (jax.distributed, one CPU device each); every process feeds
         its own rows of each global batch, process 0 writes the numbers.
@@ -143,11 +143,12 @@ def main(data_dir: str, output: str, *process_settings: str) -> None:
         rows = lambda array: array[start : start + share]
         meshes = {f"{jax.process_count()}_processes": Sharding.over_all_devices()}
     else:
+        if jax.device_count() != 8:
+            raise SystemExit(f"needs 8 CPU devices (JAX_NUM_CPU_DEVICES=8): {jax.device_count()}")
         rows = lambda array: array
         meshes = {
             f"{n}_device{'s' * (n > 1)}": Sharding.over_devices(jax.devices()[:n])
             for n in (1, 2, 8)
-            if n <= jax.device_count()
         }
     batches = global_batches(config64)
     # One initial state for every layout: compiling the initialisation (about 10 s here) once
