@@ -89,8 +89,8 @@ def test_train_mode_updates_every_batchnorm_statistic(trained_once):
         assert not np.array_equal(before[path][...], after[path][...]), path
 
 
-def _eval_logits(name, dtype):
-    """Eval-mode logits of `_images(seed=3)` (one compile) and the model, its statistics before."""
+def _eval_mode_model(name, dtype):
+    """(a jitted forward, the model in eval mode, its BatchNorm statistics before any call)."""
     model = mobilenets.create(
         name, alpha=ALPHA[name], num_classes=10, dropout_rate=0.5, dtype=dtype, rngs=nnx.Rngs(0)
     )
@@ -103,7 +103,7 @@ def _eval_logits(name, dtype):
 @pytest.fixture(scope="module", params=COMPILED)
 def evaluated_once(request):
     """(name, the jitted eval-mode forward, the float32 model, its statistics before any call)."""
-    return request.param, *_eval_logits(request.param, jnp.float32)
+    return request.param, *_eval_mode_model(request.param, jnp.float32)
 
 
 def test_eval_mode_is_deterministic_and_freezes_statistics(evaluated_once):
@@ -143,7 +143,7 @@ def test_bfloat16_forward_close_to_float32(evaluated_once):
     name, forward, model, _ = evaluated_once
     images = _images(seed=3)
     reference = np.asarray(forward(model, images))
-    forward, model, _ = _eval_logits(name, jnp.bfloat16)
+    forward, model, _ = _eval_mode_model(name, jnp.bfloat16)
     logits = forward(model, images)
     for leaf in jax.tree.leaves(nnx.state(model)):
         assert leaf.dtype != jnp.bfloat16  # parameters and statistics stay float32
