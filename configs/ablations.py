@@ -15,27 +15,27 @@ ABLATIONS = (
         decision="",
     ),
     dict(
-        name="dihedral",
-        change="a random dihedral view (rotation x mirror) of each training patch",
-        overrides={"preprocess.dihedral": True},
-        decision="",
-    ),
-    dict(
         name="epochs_15_cosine",
         change="15 epochs, 1 of warm-up then cosine decay from 1e-4",
         overrides={"num_epochs": 15, "schedule": "warmup_cosine", "warmup_epochs": 1.0},
         decision="",
     ),
     dict(
-        name="lr_3e-4",
-        change="Adam at 3e-4 instead of 1e-4",
-        overrides={"learning_rate": 3e-4},
+        name="dihedral",
+        change="a random dihedral view (rotation x mirror) of each training patch",
+        overrides={"preprocess.dihedral": True},
         decision="",
     ),
     dict(
         name="hed_jitter",
         change="stain augmentation: HED jitter 0.05 (Tellez et al. 2019)",
         overrides={"preprocess.hed_jitter": 0.05},
+        decision="",
+    ),
+    dict(
+        name="lr_3e-4",
+        change="Adam at 3e-4 instead of 1e-4",
+        overrides={"learning_rate": 3e-4},
         decision="",
     ),
     dict(
@@ -51,15 +51,15 @@ ABLATIONS = (
         decision="",
     ),
     dict(
-        name="paper_keras_evaluation",
-        change="batch 64, moving-average BatchNorm and one view: the paper as Keras runs it",
-        overrides={"global_batch_size": 64, "bn_recalibration_batches": 0, "eval_tta": False},
-        decision="",
-    ),
-    dict(
         name="batch_64",
         change="batch 64 (4x fewer steps), precise BN and TTA kept",
         overrides={"global_batch_size": 64},
+        decision="",
+    ),
+    dict(
+        name="paper_keras_evaluation",
+        change="batch 64, moving-average BatchNorm and one view: the paper as Keras runs it",
+        overrides={"global_batch_size": 64, "bn_recalibration_batches": 0, "eval_tta": False},
         decision="",
     ),
 )
