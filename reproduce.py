@@ -7,7 +7,7 @@ optionally the comparison of models, seeds, the best recipe and its ablations ->
     python reproduce.py --workdir=/tmp/real_subset --config.data.dataset=kaggle_idc \\
         --config.data.manual_dir=../shared/data/idc_subset \\
         --models=mobilenet_v1,mobilenet_v2,mobilenet_v3_small,mobilenet_v3_large,resnet50 \\
-        --seeds=3 --best_config=configs/v1_best.py --ablations
+        --seeds=3 --best_config=configs/v1_best.py --ablations=all
 
 "Study for Performance of MobileNetV1 and MobileNetV2 Based on Breast Cancer" trains MobileNetV1 and
 MobileNetV2 from scratch (Adam 1e-4, 5 epochs, cross-entropy) on the Kaggle IDC patches, split at
@@ -21,7 +21,7 @@ overrides):
     <model>_random_patch   the paper's protocol: a patient's patches in every split (V1, V2)
     <model>_patient        patients disjoint across train / validation / test (every model)
     <model>_patient_seed<k>, best_seed<k>, ablation_<name>   with --seeds (V1, V2, the best
-                           recipe), --best_config, --ablations (configs/ablations.py)
+                           recipe), --best_config, --ablations (names from configs/ablations.py)
 
 A run whose summary.json exists is finished and skipped; an interrupted one resumes from its newest
 checkpoint. Then <workdir>/report.md is written (`trainer/report.py`) with
@@ -41,6 +41,7 @@ from __future__ import annotations
 import pathlib
 import shlex
 import sys
+from collections.abc import Sequence
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -71,19 +72,35 @@ def define_flags() -> None:
         "seeds", 1, "Seeds 0..n-1 of V1 and V2 (patient split) and of the best recipe."
     )
     flags.DEFINE_string("best_config", "", "A config file whose recipe is reported as the best.")
-    flags.DEFINE_bool("ablations", False, "Also train the candidates of configs/ablations.py.")
+    flags.DEFINE_list(
+        "ablations",
+        [],
+        "Also train these candidates of configs/ablations.py (their names, or 'all').",
+    )
     flags.mark_flags_as_required(["workdir"])
 
 
-def experiment_plan():
+def chosen_ablations(names: Sequence[str]) -> tuple[dict, ...]:
+    """The entries of configs/ablations.py named (in that file's order); 'all' takes every one."""
     from configs import ablations
+
+    known = [ablation["name"] for ablation in ablations.ABLATIONS]
+    if list(names) == ["all"]:
+        return ablations.ABLATIONS
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        raise app.UsageError(f"unknown ablations {unknown}; configs/ablations.py has {known}")
+    return tuple(a for a in ablations.ABLATIONS if a["name"] in names)
+
+
+def experiment_plan():
     from trainer import paper
 
     return paper.plan(
         FLAGS.models,
         num_seeds=FLAGS.seeds,
         best_config=FLAGS.best_config,
-        ablations=ablations.ABLATIONS if FLAGS.ablations else (),
+        ablations=chosen_ablations(FLAGS.ablations),
     )
 
 

@@ -1,10 +1,10 @@
 """The candidates for the best recipe, each tried one factor at a time against configs/v1.py.
 
-`python reproduce.py ... --ablations` trains each as MobileNetV1 under the patient split of the
-245-patient subset, with the base config changed by `overrides`; results/real_subset/report.md
-tabulates their validation figures, cost and the decision taken. Every decision is made on the
-validation patients; `decision` records it once the run is measured (empty: not yet). They are
-listed, and trained, most promising first.
+`python reproduce.py ... --ablations=all` (or a list of their names) trains each as MobileNetV1
+under the patient split of the 245-patient subset, with the base config changed by `overrides`;
+results/real_subset/report.md tabulates their validation figures, cost and the decision taken.
+Every decision is made on the validation patients; `decision` records it once the run is measured
+(empty: not yet). They are listed, and trained, most promising first.
 """
 
 ABLATIONS = (

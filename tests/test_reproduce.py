@@ -11,6 +11,7 @@ import shutil
 import statistics
 
 import pytest
+from absl import app
 
 import reproduce
 from configs import ablations, default
@@ -131,6 +132,16 @@ def test_every_ablation_changes_existing_keys_to_other_values():
                 assert lookup(config, key) == value != lookup(base, key), (run.name, key)
 
 
+def test_ablations_are_chosen_by_name_in_the_files_order_and_a_typo_is_refused():
+    names = [ablation["name"] for ablation in ablations.ABLATIONS]
+    assert reproduce.chosen_ablations(["all"]) == ablations.ABLATIONS
+    assert reproduce.chosen_ablations([]) == ()
+    picked = reproduce.chosen_ablations([names[2], names[0]])
+    assert [ablation["name"] for ablation in picked] == [names[0], names[2]]
+    with pytest.raises(app.UsageError, match="size_12"):
+        reproduce.chosen_ablations(["size_12"])
+
+
 def test_a_config_file_brings_its_recipe_and_takes_the_base_data():
     base = default.get_config()
     base.data.manual_dir, base.progress_bar = "/data/subset", False
@@ -233,13 +244,12 @@ def test_a_run_in_the_wrong_directory_is_refused(tiny_run, tmp_path):
 
 
 def test_full_report_has_comparison_seeds_best_recipe_and_ablations(tiny_run, tmp_path):
+    chosen = reproduce.chosen_ablations(["paper_keras_evaluation", "batch_64"])
     planned = paper.plan(
         ["mobilenet_v1", "mobilenet_v2", "mobilenet_v3_small"],
         num_seeds=2,
         best_config="configs/v1.py",
-        ablations=[
-            a for a in ablations.ABLATIONS if a["name"] in ("paper_keras_evaluation", "batch_64")
-        ],
+        ablations=chosen,
     )
     planted_auc = {run.name: 0.5 + 0.01 * number for number, run in enumerate(planned)}
     for run in planned:
@@ -259,7 +269,7 @@ def test_full_report_has_comparison_seeds_best_recipe_and_ablations(tiny_run, tm
         "0.78",
     ]
     ablation_rows = table_after(text, "## Ablations", "Ablation")
-    assert [row[0] for row in ablation_rows] == ["`paper_keras_evaluation`", "`batch_64`"]
+    assert [row[0] for row in ablation_rows] == [f"`{a['name']}`" for a in chosen]
     assert all(row[-1] for row in ablation_rows)  # a decision, or "pending"
 
 
