@@ -21,15 +21,15 @@ ABLATIONS = (
         decision="",
     ),
     dict(
-        name="dihedral",
-        change="a random dihedral view (rotation x mirror) of each training patch",
-        overrides={"preprocess.dihedral": True},
+        name="class_weights",
+        change="loss weighted by inverse class frequency",
+        overrides={"class_weights": "balanced"},
         decision="",
     ),
     dict(
-        name="hed_jitter",
-        change="stain augmentation: HED jitter 0.05 (Tellez et al. 2019)",
-        overrides={"preprocess.hed_jitter": 0.05},
+        name="dihedral",
+        change="a random dihedral view (rotation x mirror) of each training patch",
+        overrides={"preprocess.dihedral": True},
         decision="",
     ),
     dict(
@@ -39,9 +39,9 @@ ABLATIONS = (
         decision="",
     ),
     dict(
-        name="class_weights",
-        change="loss weighted by inverse class frequency",
-        overrides={"class_weights": "balanced"},
+        name="hed_jitter",
+        change="stain augmentation: HED jitter 0.05 (Tellez et al. 2019)",
+        overrides={"preprocess.hed_jitter": 0.05},
         decision="",
     ),
     dict(
