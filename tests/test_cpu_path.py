@@ -154,6 +154,33 @@ def test_stem_convolution_values_and_gradients_equal_the_convolution(kernel_mode
     )
 
 
+@pytest.mark.parametrize(
+    "shape, stride",
+    [((4, 2, 2, 8), 1), ((3, 2, 3, 6), 1), ((2, 1, 1, 5), 1), ((2, 3, 3, 5), 2), ((2, 7, 6, 5), 2)],
+)
+def test_convolution_as_one_gemm_equals_the_convolution(shape, stride):
+    rng = np.random.default_rng(sum(shape) + stride)
+    x = rng.normal(size=shape).astype(np.float32)
+    kernel = rng.normal(size=(3, 3, shape[-1], 7)).astype(np.float32)
+    out_h, out_w = (-(-size // stride) for size in shape[1:3])
+    assert_conv_equals_lax(
+        lambda x, k: convolutions.dense_conv_as_gemm(x, k, stride),
+        x,
+        kernel,
+        stride,
+        1,
+        num_terms=max(9 * 7, 9 * shape[-1], shape[0] * out_h * out_w),
+    )
+
+
+def test_only_a_map_smaller_than_its_kernel_takes_the_gemm():
+    unit = ConvBN(8, 6, kernel_size=3, implementation="cpu", **unit_options(3))
+    for size, expected in ((2, "dot_general"), (3, "conv_general_dilated")):
+        x = jnp.zeros((4, size, size, 8), jnp.float32)
+        ops = str(jax.make_jaxpr(lambda x: cpu.convolve(unit, x))(x))
+        assert expected in ops and ("conv_general_dilated" in ops) == (size == 3), size
+
+
 @pytest.mark.parametrize("apply_relu6", [False, True])
 def test_batch_norm_in_training_matches_autodiff_of_nnx_batchnorm(kernel_mode, apply_relu6):
     rng = np.random.default_rng(9)

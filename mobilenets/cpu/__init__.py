@@ -5,7 +5,8 @@ gradients against the reference (`ConvBN` with implementation "reference") layer
 for whole models. What it changes is how (benchmarks/RESULTS.md has the figures):
 
 * convolutions.py  the depthwise convolution as shifted taps with a written-out backward pass, the
-                   1x1 convolution as a GEMM, the RGB stem with a native kernel
+                   1x1 convolution as a GEMM, the RGB stem with a native kernel, a dense
+                   convolution on a map smaller than its kernel as a GEMM over its windows
 * batch_norm.py    BatchNorm + ReLU6 in training with a written-out backward pass
 * kernels.py, .cc  native kernels called through XLA's FFI (float32, one CPU device), built on
                    first use with the host's C++ compiler; portable jnp everywhere else
@@ -22,6 +23,7 @@ from mobilenets import layers
 from mobilenets.cpu.batch_norm import batch_norm_in_training
 from mobilenets.cpu.convolutions import (
     dense_conv,
+    dense_conv_as_gemm,
     dense_conv_few_inputs,
     depthwise_conv_shifted,
     pointwise_conv,
@@ -41,6 +43,8 @@ def convolve(unit: layers.ConvBN, x: jax.Array) -> jax.Array:
         out = pointwise_conv(x, kernel)
     elif unit.in_features <= 4:
         out = dense_conv_few_inputs(x, kernel, unit.stride)
+    elif unit.kind == "dense" and min(x.shape[1:3]) < kernel.shape[0]:
+        out = dense_conv_as_gemm(x, kernel, unit.stride)
     else:
         out = dense_conv(x, kernel, unit.stride)
     return out + conv.bias[...].astype(out.dtype) if conv.use_bias else out

@@ -5,6 +5,8 @@
   fast kernel for grouped convolutions, whose backward pass dominates a MobileNet train step.
 * `pointwise_conv`: the 1x1 convolution as the matrix multiply over channels that it is.
 * `dense_conv_few_inputs`: the RGB stem, with a native forward pass and kernel gradient.
+* `dense_conv_as_gemm`: a dense convolution on a feature map smaller than its kernel (ResNet-50's
+  last stage at 50 px: 3x3 kernels on 2x2 maps) as one GEMM over the stacked windows (im2col).
 
 Where the native kernels (`kernels.py`) are active (float32, one CPU device) the inner loops run
 there; elsewhere the jnp forms below run, which are also the references the kernels are tested
@@ -248,6 +250,34 @@ dense_conv_few_inputs.defvjp(
     lambda x, kernel, stride: (dense_conv_few_inputs(x, kernel, stride), (x, kernel)),
     _dense_conv_few_inputs_backward,
 )
+
+
+def dense_conv_as_gemm(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+    """`dense_conv` as one GEMM: the k * k shifted windows stacked along channels (im2col).
+
+    XLA:CPU runs a convolution whose feature map is smaller than its kernel, and its input
+    gradient, about 70x slower than this GEMM of the same products (benchmarks/RESULTS.md); on
+    larger maps its own convolution is as fast, and reads k * k times less memory.
+    """
+    size = kernel.shape[0]
+    batch, _, _, channels = x.shape
+    padded = jnp.pad(x, ((0, 0), *_spatial_padding(x.shape, size, stride), (0, 0)))
+    out_h, out_w = ((padded.shape[axis] - size) // stride + 1 for axis in (1, 2))
+    windows = [
+        padded[
+            :, i : i + (out_h - 1) * stride + 1 : stride, j : j + (out_w - 1) * stride + 1 : stride
+        ]
+        for i in range(size)
+        for j in range(size)
+    ]
+    # (i, j, channel) is the order of the HWIO kernel's first three axes, flattened.
+    rows = jnp.concatenate(windows, axis=-1).reshape(-1, size * size * channels)
+    out = jnp.dot(
+        rows,
+        kernel.reshape(size * size * channels, -1),
+        preferred_element_type=accumulation_dtype(x.dtype),
+    )
+    return out.reshape(batch, out_h, out_w, kernel.shape[-1])
 
 
 def pointwise_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
