@@ -142,6 +142,35 @@ def test_ablations_are_chosen_by_name_in_the_files_order_and_a_typo_is_refused()
         reproduce.chosen_ablations(["size_12"])
 
 
+def flat(config) -> dict:
+    """A config as {dotted key: value}."""
+    items = {}
+    for key, value in config.items():
+        if hasattr(value, "items"):
+            items.update({f"{key}.{k}": v for k, v in flat(value).items()})
+        else:
+            items[key] = value
+    return items
+
+
+def test_the_best_recipe_is_the_papers_with_exactly_the_adopted_ablations():
+    best = paper.load_config_file(REPO / "configs/v1_best.py")
+    base = flat(paper.load_config_file(REPO / "configs/v1.py"))
+    adopted = {
+        key: value
+        for ablation in ablations.ABLATIONS
+        if ablation["decision"].startswith("adopted")
+        for key, value in ablation["overrides"].items()
+    }
+    assert adopted, "the best recipe adopts at least one measured change"
+    assert flat(best).keys() == base.keys()
+    assert {k: v for k, v in flat(best).items() if base[k] != v} == adopted
+    with pytest.raises(AttributeError):
+        best.num_epoch = 15  # locked: a mistyped key is an error
+    with pytest.raises(AttributeError):
+        best.preprocess.image_sise = 128
+
+
 def test_a_config_file_brings_its_recipe_and_takes_the_base_data():
     base = default.get_config()
     base.data.manual_dir, base.progress_bar = "/data/subset", False
