@@ -261,12 +261,11 @@ def dense_conv_as_gemm(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Arra
     """
     size = kernel.shape[0]
     batch, _, _, channels = x.shape
-    padded = jnp.pad(x, ((0, 0), *_spatial_padding(x.shape, size, stride), (0, 0)))
-    out_h, out_w = ((padded.shape[axis] - size) // stride + 1 for axis in (1, 2))
+    (out_h, pad_h), (out_w, pad_w) = (same_padding(side, size, stride) for side in x.shape[1:3])
+    padded = jnp.pad(x, ((0, 0), pad_h, pad_w, (0, 0)))
+    rows_span, cols_span = (out_h - 1) * stride + 1, (out_w - 1) * stride + 1
     windows = [
-        padded[
-            :, i : i + (out_h - 1) * stride + 1 : stride, j : j + (out_w - 1) * stride + 1 : stride
-        ]
+        padded[:, i : i + rows_span : stride, j : j + cols_span : stride]
         for i in range(size)
         for j in range(size)
     ]
