@@ -283,7 +283,7 @@ def test_tta_is_the_mean_of_the_eight_dihedral_views(tiny_run, real_patches, ref
     per_view = np.stack([single(numpy_dihedral_view(images, k)) for k in range(8)])
     # The views must disagree, or the test could not tell TTA from a single view.
     assert np.max(np.std(per_view, axis=0)) > 1e-4
-    # TTA runs the 8 views as one batch of 128: batching noise, as measured on the 16 images.
+    # TTA runs the 8 views inside one compiled loop: batching noise, as measured on 16 images.
     null = batch_size_null(reference_p_idc, images)
     assert_within_batching_noise(tta(images), per_view.mean(axis=0), null)
 

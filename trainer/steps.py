@@ -152,16 +152,20 @@ def mean_log_probabilities(
 
     Test-time augmentation: tissue has no preferred orientation, so the 8 symmetries of the
     square (4 rotations x mirror, `input_pipeline.dihedral_view`) are equally valid inputs and
-    their mean probability is a lower-variance estimate than any one view's. The views go through
-    the network as one batch of len(views) * B images; the model must be in eval mode (running
-    BatchNorm statistics), so that an image's output does not depend on its batch-mates. Each
-    view is taken of the raw patch and then preprocessed, as a user would feed a rotated file.
+    their mean probability is a lower-variance estimate than any one view's. The model must be
+    in eval mode (running BatchNorm statistics), so that an image's output does not depend on its
+    batch-mates. Each view is taken of the raw patch and then preprocessed, as a user would feed
+    a rotated file. The views go through the network one after the other (`lax.map`), not as
+    one batch of len(views) * B images: that would hold len(views) times the activations at once
+    (benchmarks/eval_memory.py measures both).
     """
-    all_views = jnp.concatenate([input_pipeline.dihedral_view(images, k) for k in views])
-    inputs = input_pipeline.preprocess(all_views, preprocess_config, train=False, rng=None)
-    logits = model(inputs)
-    log_probs = jax.nn.log_softmax(logits.astype(jnp.promote_types(logits.dtype, jnp.float32)))
-    per_view = log_probs.reshape(len(views), images.shape[0], -1)
+
+    def view_log_probs(view: jax.Array) -> jax.Array:
+        logits = model(input_pipeline.preprocess(view, preprocess_config, train=False, rng=None))
+        return jax.nn.log_softmax(logits.astype(jnp.promote_types(logits.dtype, jnp.float32)))
+
+    stacked = jnp.stack([input_pipeline.dihedral_view(images, k) for k in views])
+    per_view = jax.lax.map(view_log_probs, stacked)
     return jax.nn.logsumexp(per_view, axis=0) - jnp.log(len(views))
 
 
