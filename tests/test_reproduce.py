@@ -302,6 +302,13 @@ def test_full_report_has_comparison_seeds_best_recipe_and_ablations(tiny_run, tm
     assert all(row[-1] for row in ablation_rows)  # a decision, or "pending"
 
 
+def test_a_resumed_runs_wall_time_names_its_invocations():
+    assert report.wall_time_cell({"wall_time_s": 300.0}) == "5.0 min"  # written before resumes
+    assert report.wall_time_cell({"wall_time_s": 300.0, "invocations": 1}) == "5.0 min"
+    cell = report.wall_time_cell({"wall_time_s": 4830.0, "invocations": 3})
+    assert cell == "80.5 min (3 invocations)"
+
+
 def test_run_all_trains_only_the_unfinished_run(tiny_run, tmp_path, data_dir):
     for run in PAPER_PLAN:
         if run.name != "mobilenet_v1_random_patch":
@@ -315,7 +322,7 @@ def test_run_all_trains_only_the_unfinished_run(tiny_run, tmp_path, data_dir):
     assert after == before, "finished runs must be skipped"
     trained = tmp_path / "mobilenet_v1_random_patch"
     summary = json.loads((trained / "summary.json").read_text())
-    assert summary["model"] == "mobilenet_v1"
+    assert summary["model"] == "mobilenet_v1" and summary["invocations"] == 1
     assert json.loads((trained / "config.json").read_text())["data"]["split"] == "random_patch"
     assert base.data.split == "patient", "the base config must not be modified"
     assert paper.load_runs(tmp_path, PAPER_PLAN).keys() == PLANTED_TEST_ACCURACY.keys()

@@ -292,6 +292,8 @@ def test_resume_after_sigkill_gives_identical_results(tmp_path, data_dir):
     assert process.poll() is None, "the run ended before it could be killed"
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
+    killed_at = max(int(p.name) for p in checkpoint_dir.glob("*") if p.name.isdigit())
+    killed_meta = json.loads((checkpoint_dir / str(killed_at) / "meta" / "metadata").read_text())
     resumed = run_main(resumed_dir, data_dir, *extra)
     assert resumed.returncode == 0, resumed.stderr
     assert "Resumed from" in resumed.stderr
@@ -301,6 +303,10 @@ def test_resume_after_sigkill_gives_identical_results(tmp_path, data_dir):
     assert resumed_summary["test"] == reference_summary["test"]
     assert resumed_summary["final_validation"] == reference_summary["final_validation"]
     assert (resumed_dir / "history.csv").read_text() == (reference_dir / "history.csv").read_text()
+    # The time spent is summed over both invocations, the killed one up to its last checkpoint.
+    assert (reference_summary["invocations"], resumed_summary["invocations"]) == (1, 2)
+    assert killed_meta["invocations"] == 1 and killed_meta["wall_time_s"] > 0
+    assert resumed_summary["wall_time_s"] > killed_meta["wall_time_s"]
 
 
 def test_missing_kaggle_download_says_what_to_do(tmp_path):

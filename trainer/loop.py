@@ -4,7 +4,8 @@ Per epoch: the jitted train steps over the shuffled training split, then an eval
 validation (optionally after precise-BN recalibration) whose metrics go to history.csv, the
 curves and a checkpoint. At the end: test metrics at 0.5 and at the threshold tuned on
 validation, written to summary.json. A run killed at any moment resumes from its newest
-checkpoint and ends with the same files as an uninterrupted one.
+checkpoint and ends with the same files as an uninterrupted one, but for summary.json's
+`wall_time_s` (summed over the invocations) and `invocations`.
 """
 
 from __future__ import annotations
@@ -138,6 +139,20 @@ class RunContext:
     jit_train_step: object
     jit_eval_step: object
     recalibrate_batch_stats: evaluate.BatchNormRecalibration | None
+    started: float = dataclasses.field(default_factory=time.time)  # this invocation's start
+    earlier_wall_time_s: float = 0.0  # of the invocations before, up to their last checkpoint
+
+    def wall_time_s(self) -> float:
+        """Time spent on the run so far, summed over its invocations (resumes).
+
+        An invocation counts up to its last checkpoint: work a kill threw away is redone, and
+        counted, by the next invocation.
+        """
+        return self.earlier_wall_time_s + time.time() - self.started
+
+    def save_checkpoint(self, step: int, state: TrainState, meta: dict, **kwargs) -> None:
+        meta["wall_time_s"] = self.wall_time_s()
+        self.checkpointer.save(step, state, meta, **kwargs)
 
     def epoch_batches(self, epoch: int, start_batch: int) -> Iterator[dict[str, np.ndarray]]:
         return input_pipeline.iterate_batches(
@@ -167,7 +182,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     Returns the summary that is also written to `workdir/summary.json`.
     """
-    wall_start = time.time()
+    started = time.time()
     rundir = RunDirectory(workdir)
     is_main_process = jax.process_index() == 0
     if is_main_process:
@@ -217,11 +232,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             if config.bn_recalibration_batches > 0
             else None
         ),
+        started=started,
     )
     state, meta = _start_or_resume(context, state)
+    context.earlier_wall_time_s = meta.get("wall_time_s", 0.0)
+    meta["invocations"] = meta.get("invocations", 0) + 1
     state, meta = _train_epochs(context, state, meta, config.num_epochs * steps_per_epoch)
     summary = _final_evaluation(context, state, meta)
-    summary["wall_time_s"] = time.time() - wall_start  # of this invocation (resumes restart it)
+    summary["wall_time_s"] = context.wall_time_s()
+    summary["invocations"] = meta["invocations"]
     if is_main_process:
         rundir.write_summary(summary)
     context.checkpointer.wait()
@@ -310,7 +329,7 @@ def _train_epochs(
                 context.writer.write_scalars(step, scalars)
             if step % config.checkpoint_every_steps == 0 and step % spe:
                 check_finite(state)
-                context.checkpointer.save(step, state, meta)
+                context.save_checkpoint(step, state, meta)
         jax.block_until_ready(state.step)
         check_finite(state)
         if timed_steps:
@@ -350,7 +369,7 @@ def _end_of_epoch(context: RunContext, state: TrainState, meta: dict):
     context.writer.flush()
     if context.is_main_process:
         context.rundir.write_history(meta["history"], _plot_title(config, meta))
-    context.checkpointer.save(
+    context.save_checkpoint(
         step, state, meta, metrics={BEST_METRIC: record["val_balanced_accuracy"]}
     )
     logging.info(

@@ -140,8 +140,15 @@ def _cost_cells(summary: Mapping) -> list[str]:
         f"{summary['trainable_parameters']:,}",
         f"{summary['multiply_adds_per_image'] / 1e6:.1f} M",
         fmt(summary["train_images_per_second"], 0),
-        fmt_duration(summary["wall_time_s"]),
+        wall_time_cell(summary),
     ]
+
+
+def wall_time_cell(summary: Mapping) -> str:
+    """The run's wall time; a resumed run says over how many invocations it was summed."""
+    invocations = summary.get("invocations", 1)
+    cell = fmt_duration(summary["wall_time_s"])
+    return f"{cell} ({invocations} invocations)" if invocations > 1 else cell
 
 
 LEAKAGE_METRICS = (
@@ -273,7 +280,7 @@ def ablation_rows(runs: Mapping[str, Run], planned: Sequence[PlannedRun]) -> lis
                 fmt(validation["balanced_accuracy"]),
                 fmt(validation["f1"]),
                 fmt(summary["train_images_per_second"], 0),
-                fmt_duration(summary["wall_time_s"]),
+                wall_time_cell(summary),
                 run.decision or "pending",
             ]
         )
