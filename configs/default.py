@@ -70,6 +70,9 @@ def get_config() -> ml_collections.ConfigDict:
             resize_method="bilinear",
             dihedral=False,  # the 8 flips x 90-degree rotations, training only
             hsv_jitter=0.0,
+            # Stain scale and shift per image on scikit-image's HED scale (optical density / 13.8),
+            # where stains are a few hundredths: Tellez et al.'s 0.05 repaints a patch here
+            # (configs/ablations.py, `hed_jitter`).
             hed_jitter=0.0,
         )
     )
