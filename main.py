@@ -14,7 +14,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from input_pipeline.sources import ManualDownloadMissingError
-from trainer import sharding, train_and_evaluate
+from trainer import startup, train_and_evaluate
 
 
 class _HideLibraryChatter(std_logging.Filter):
@@ -36,7 +36,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     logging.get_absl_handler().addFilter(_HideLibraryChatter())
-    multi_process = sharding.start(FLAGS.config)
+    multi_process = startup.start(FLAGS.config)
     logging.info("Config:\n%s", FLAGS.config)
     try:
         train_and_evaluate(FLAGS.config, FLAGS.workdir)

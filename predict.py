@@ -52,48 +52,14 @@ def define_flags() -> None:
     flags.mark_flags_as_required(["workdir", "output"])
 
 
-def predict_to_csv(
-    workdir: str,
-    paths: list[str],
-    output: str,
-    *,
-    checkpoint: str = "latest",
-    tta: bool = False,
-    threshold: str = "0.5",
-    batch_size: int = 256,
-    num_threads: int = 8,
-) -> dict:
-    """Predicts every PNG under `paths`, writes `output` and `output`.errors.txt; returns counts."""
-    from input_pipeline.patches import find_png_files
-    from trainer import inference
-
-    files, errors = find_png_files(paths)
-    predictor, _, step = inference.Predictor.from_workdir(
-        workdir, checkpoint, batch_size=batch_size, tta=tta
-    )
-    cut = inference.resolve_threshold(threshold, workdir, step)
-    predictions = inference.predict_files(predictor, files, num_threads=num_threads)
-    errors += predictions.errors
-    inference.write_predictions_csv(output, predictions, cut)
-    inference.write_errors(f"{output}.errors.txt", errors)
-    return {
-        "predicted": len(predictions.files),
-        "unreadable": len(errors),
-        "errors": errors,
-        "checkpoint_step": step,
-        "threshold": cut,
-        "tta": tta,
-        "batch_size": predictor.batch_size,
-        "compile_seconds": predictor.compile_seconds,
-        "seconds": predictions.seconds,
-        "images_per_second": predictions.images_per_second,
-    }
 
 
 def main(argv):
     paths = argv[1:]
     if not paths:
         raise app.UsageError("give at least one PNG file or folder to predict")
+    from idc_inference.patch_files import predict_to_csv
+
     result = predict_to_csv(
         FLAGS.workdir,
         paths,

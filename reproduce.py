@@ -14,7 +14,7 @@ MobileNetV2 from scratch (Adam 1e-4, 5 epochs, cross-entropy) on the Kaggle IDC 
 random patch by patch, and reports train / validation accuracy (its Table 1: V1 0.849 / 0.857,
 V2 0.819 / 0.743) and the accuracy curves of each model (its Figures 2 and 3).
 
-This command trains the runs that `trainer.paper.plan` lists, each in its own directory under
+This command trains the runs that `experiment.paper.plan` lists, each in its own directory under
 --workdir, with the base config (`--config`, configs/v1.py by default, plus any `--config.*`
 overrides):
 
@@ -24,7 +24,7 @@ overrides):
                            recipe), --best_config, --ablations (names from configs/ablations.py)
 
 A run whose summary.json exists is finished and skipped; an interrupted one resumes from its newest
-checkpoint. Then <workdir>/report.md is written (`trainer/report.py`) with
+checkpoint. Then <workdir>/report.md is written (`experiment/report.py`) with
 - Table 1 as in the paper, extended with the majority-class baseline, balanced accuracy, F1 and ROC
   AUC (71.6% of the real patches are negative, so accuracy alone flatters a model), parameters,
   multiply-adds, training throughput and wall time, and the paper's numbers beside ours;
@@ -94,7 +94,7 @@ def chosen_ablations(names: Sequence[str]) -> tuple[dict, ...]:
 
 
 def experiment_plan():
-    from trainer import paper
+    from experiment import paper
 
     return paper.plan(
         FLAGS.models,
@@ -106,7 +106,8 @@ def experiment_plan():
 
 def run_all(base_config, workdir: str | pathlib.Path, planned) -> None:
     """Trains the planned runs one after the other; finished ones (summary.json) are skipped."""
-    from trainer import RunDirectory, paper, train_and_evaluate
+    from experiment import paper
+    from trainer import RunDirectory, train_and_evaluate
 
     for run in planned:
         directory = paper.run_directory(workdir, run)
@@ -122,9 +123,9 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     planned = experiment_plan()
     if not FLAGS.report_only:
-        from trainer import sharding
+        from trainer import startup
 
-        sharding.start(FLAGS.config)
+        startup.start(FLAGS.config)
         run_all(FLAGS.config, FLAGS.workdir, planned)
         import jax
 
@@ -133,7 +134,7 @@ def main(argv):
     command = "python reproduce.py " + " ".join(
         shlex.quote(arg) for arg in sys.argv[1:] if arg != "--report_only"
     )
-    from trainer import report
+    from experiment import report
 
     path = report.write_report(FLAGS.workdir, planned, command)
     print(f"wrote {path}")

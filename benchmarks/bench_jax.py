@@ -1,7 +1,7 @@
 """Speed of the project's own train and eval steps (trainer/), on whatever device JAX finds.
 
-What is timed is what trains: the state comes from `trainer.state.create_train_state` and the
-steps from `trainer.loop.compile_steps` (jitted, state donated, batch sharded over every
+What is timed is what trains: the state and the
+steps from `trainer.compiled.build` (jitted, state donated, batch sharded over every
 device), fed uint8 50x50 patches that the step resizes to the model's size on the device, as in
 training. Per model, image
 size and batch:
@@ -62,7 +62,7 @@ import mobilenets  # noqa: E402
 from configs import default  # noqa: E402
 from input_pipeline.patches import PATCH_SIZE  # noqa: E402
 from mobilenets.cpu import host_memory, kernels  # noqa: E402
-from trainer import loop  # noqa: E402
+from trainer import compiled, loop  # noqa: E402
 from trainer import state as state_lib  # noqa: E402
 from trainer import steps as trainer_steps  # noqa: E402
 from trainer.sharding import Sharding  # noqa: E402
@@ -114,16 +114,8 @@ def compile_trainer_steps(
     config: ml_collections.ConfigDict, sharding: Sharding, batch: dict, with_eval: bool = True
 ) -> Steps:
     """The trainer's state and compiled steps, lowered and compiled ahead of use."""
-    tx = state_lib.create_optimizer(config, steps_per_epoch=1)
-    state, train_graph, eval_graph = state_lib.create_train_state(config, tx, sharding.replicated)
-    jit_train_step, jit_eval_step = loop.compile_steps(
-        config,
-        train_graph=train_graph,
-        eval_graph=eval_graph,
-        tx=tx,
-        weights_per_class=np.ones(state_lib.NUM_CLASSES, np.float32),
-        sharding=sharding,
-    )
+    training = compiled.build(config, sharding)
+    state, jit_train_step, jit_eval_step = training.state, training.train_step, training.eval_step
     start = time.perf_counter()
     lowered_train = jit_train_step.lower(state, batch)
     lowered_eval = jit_eval_step.lower(state, batch) if with_eval else None

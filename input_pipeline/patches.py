@@ -3,7 +3,7 @@
 The Kaggle set names every patch `<patient>_idx5_x<X>_y<Y>_class<C>.png`: X and Y are the
 1-based top-left pixel of the 50x50 patch on the patient's whole-slide image, C is 1 for IDC.
 Patches at the slide's right and bottom border are cut short. The TFDS builder
-(`kaggle_idc.py`) and the predictor (`trainer/inference.py`) both decode through
+(`kaggle_idc.py`) and the predictor (`idc_inference/predictor.py`) both decode through
 `decode_patch`, so a patch is seen the same way in training and in inference.
 """
 

@@ -20,14 +20,13 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 from jax.experimental import multihost_utils
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import input_pipeline  # noqa: E402
 from tests.test_train import tiny_config  # noqa: E402
-from trainer import loop, sharding, steps  # noqa: E402
+from trainer import compiled, startup, steps  # noqa: E402
 from trainer import state as state_lib  # noqa: E402
 from trainer.sharding import Sharding, replicated_to_host  # noqa: E402
 
@@ -65,13 +64,10 @@ class Layout:
 
     def __init__(self, config, mesh: Sharding, rows_of_this_process, initial_state):
         self.mesh, self.rows = mesh, rows_of_this_process
-        tx = state_lib.create_optimizer(config, steps_per_epoch=1)
-        train_graph, eval_graph, _ = state_lib.split_model(
-            nnx.eval_shape(lambda: state_lib.create_model(config, seed=config.seed))
-        )
-        self.state = jax.device_put(initial_state, mesh.replicated)
+        training = compiled.build(config, mesh, state=initial_state)
+        self.state, self.train_step = training.state, training.train_step
         loss_options = dict(
-            graphdef=train_graph,
+            graphdef=training.train_graph,
             preprocess_config=config.preprocess,
             label_smoothing=config.label_smoothing,
             weights_per_class=np.ones(2, np.float32),
@@ -87,14 +83,6 @@ class Layout:
             lambda state, batch: steps.loss_and_gradients(state, batch, **loss_options)[0],
             in_shardings=(mesh.replicated, mesh.batch),
             out_shardings=mesh.replicated,
-        )
-        self.train_step, _ = loop.compile_steps(
-            config,
-            train_graph=train_graph,
-            eval_graph=eval_graph,
-            tx=tx,
-            weights_per_class=np.ones(2, np.float32),
-            sharding=mesh,
         )
 
     def put(self, batch):
@@ -134,7 +122,7 @@ def main(data_dir: str, output: str, *process_settings: str) -> None:
         settings = config64.distributed.copy_and_resolve_references()
         settings.coordinator_address = coordinator
         settings.num_processes, settings.process_id = int(num_processes), int(process_id)
-        sharding.initialize(settings)
+        startup.initialize(settings)
         # A first collective right away, while both processes are in step: gloo sets up its
         # context then (it allows 30 s between the processes' arrival).
         multihost_utils.sync_global_devices("probe start")

@@ -1,4 +1,11 @@
-"""The repository's layering: imports run programs -> trainer -> mobilenets, input_pipeline.
+"""The repository's layering: imports run one way,
+
+    programs (main, predict, heatmap, reproduce, ...) -> experiment, idc_inference
+    experiment, idc_inference -> trainer -> mobilenets, input_pipeline
+
+experiment (the paper's runs and report) and idc_inference (P(IDC) of patches and slides) are
+siblings: neither imports the other. In the training library only start-up touches the CPU
+path's process settings, and the network definitions never import the CPU path.
 
 Checked on the source (every import statement, also those inside functions) and by importing the
 programs with tensorflow_datasets blocked: inference and start-up never need TFDS.
@@ -13,13 +20,15 @@ import textwrap
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-PROGRAMS = ("main", "predict", "heatmap", "reproduce")
+PROGRAMS = tuple(sorted(path.stem for path in REPO.glob("*.py")))
 # package -> the top-level names it may import from this repository
 ALLOWED = {
     "mobilenets": {"mobilenets"},
     "input_pipeline": {"input_pipeline"},
     "configs": {"configs"},
     "trainer": {"trainer", "mobilenets", "input_pipeline"},
+    "experiment": {"experiment", "trainer", "mobilenets", "input_pipeline"},
+    "idc_inference": {"idc_inference", "trainer", "mobilenets", "input_pipeline"},
 }
 # The definitions a reader learns from never reach the speed path.
 DEFINITIONS = tuple(
@@ -47,6 +56,15 @@ def test_packages_import_only_downwards(package):
         assert local <= ALLOWED[package], f"{path.relative_to(REPO)} imports {local}"
 
 
+def test_only_start_up_reaches_the_cpu_path_from_the_training_library():
+    users = {
+        path.name
+        for path in (REPO / "trainer").glob("*.py")
+        if any(m.startswith("mobilenets.cpu") for m in imported_modules(path))
+    }
+    assert users <= {"startup.py"}, users
+
+
 @pytest.mark.parametrize("definition", DEFINITIONS)
 def test_definition_modules_never_import_the_cpu_path(definition):
     modules = imported_modules(REPO / definition)
@@ -65,8 +83,8 @@ def test_programs_import_without_tensorflow_datasets():
                     raise ImportError(f"{{name}} is blocked in this test")
 
         sys.meta_path.insert(0, Blocked())
-        import main, predict, heatmap, reproduce
-        import trainer.inference, trainer.slides
+        import main, predict, heatmap, reproduce  # every program whose imports must stay light
+        import idc_inference.patch_files, idc_inference.patient_maps
         import input_pipeline
         print("OK")
         """

@@ -9,12 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import heatmap
+from idc_inference import mosaic, patient_maps
 from input_pipeline.patches import PatchName
 from tests.commands import run_program
 from tests.conftest import EMBEDDED_SAMPLE
 from tests.test_inference import trained_tiny_workdir
-from trainer import slides
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 GRID = 50
@@ -37,29 +36,29 @@ def test_mosaic_and_overlay_of_a_toy_slide():
         PatchName(1, x=101, y=1),
         PatchName(1, x=1, y=51),
     ]
-    placement = slides.SlidePlacement.from_names(names, [50, 50, 30], [50, 20, 50])
+    placement = mosaic.SlidePlacement.from_names(names, [50, 50, 30], [50, 20, 50])
     assert placement.canvas_shape == (80, 120)
-    mosaic = slides.build_mosaic(images, placement)
+    canvas = mosaic.build_mosaic(images, placement)
     expected = np.full((80, 120, 3), 255, np.uint8)
     expected[0:50, 0:50] = 10
     expected[0:50, 100:120] = 20
     expected[50:80, 0:50] = 30
-    np.testing.assert_array_equal(mosaic, expected)
+    np.testing.assert_array_equal(canvas, expected)
 
     colours = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
-    tinted = slides.overlay_patches(
-        mosaic, placement, colours, opacity=0.25, skip=np.array([False, False, True])
+    tinted = mosaic.overlay_patches(
+        canvas, placement, colours, opacity=0.25, skip=np.array([False, False, True])
     )
     np.testing.assert_array_equal(tinted[0, 0], np.round([0.75 * 10 + 0.25 * 255, 7.5, 7.5]))
     np.testing.assert_array_equal(tinted[0, 110], np.round([15, 0.75 * 20 + 0.25 * 255, 15]))
-    np.testing.assert_array_equal(tinted[60:], mosaic[60:])  # skipped patch and empty cells
-    np.testing.assert_array_equal(tinted[:50, 50:100], mosaic[:50, 50:100])
+    np.testing.assert_array_equal(tinted[60:], canvas[60:])  # skipped patch and empty cells
+    np.testing.assert_array_equal(tinted[:50, 50:100], canvas[:50, 50:100])
 
 
 def test_outcomes_are_the_confusion_cells_with_idc_positive():
     labels = np.array([1, 1, 0, 0, -1])
     decisions = np.array([1, 0, 1, 0, 1])
-    assert slides.outcomes(labels, decisions).tolist() == ["TP", "FN", "FP", "TN", ""]
+    assert mosaic.outcomes(labels, decisions).tolist() == ["TP", "FN", "FP", "TN", ""]
 
 
 # ----------------------------------------------------------------------------- the real sample
@@ -68,7 +67,7 @@ def test_outcomes_are_the_confusion_cells_with_idc_positive():
 @pytest.fixture(scope="module")
 def real_sample_maps(idc_sample_dir, tmp_path_factory):
     output = tmp_path_factory.mktemp("maps_8863")
-    summary = heatmap.slide_maps(idc_sample_dir, output)
+    summary = patient_maps.slide_maps(idc_sample_dir, output)
     return summary, output
 
 
@@ -83,33 +82,33 @@ def sample_patches(idc_sample_dir):
 
 def test_every_real_patch_lands_at_its_coordinates(real_sample_maps, idc_sample_dir):
     summary, output = real_sample_maps
-    mosaic = read_png(output / "mosaic.png")
+    canvas = read_png(output / "mosaic.png")
     patches = sample_patches(idc_sample_dir)
     assert len(patches) == 979 == summary["patches_placed"]
     bottom = max(y - 1 + p.shape[0] for x, y, _, p in patches)
     right = max(x - 1 + p.shape[1] for x, y, _, p in patches)
-    assert mosaic.shape == (bottom, right, 3) == (2335, 2791, 3)  # the README's border patches
+    assert canvas.shape == (bottom, right, 3) == (2335, 2791, 3)  # the README's border patches
     truncated = [p.shape[:2] for *_, p in patches if p.shape[:2] != (50, 50)]
     assert sorted(truncated) == [(35, 50)] * 3 + [(50, 41)]
-    covered = np.zeros(mosaic.shape[:2], bool)
+    covered = np.zeros(canvas.shape[:2], bool)
     for x, y, _, pixels in patches:
         h, w = pixels.shape[:2]
-        np.testing.assert_array_equal(mosaic[y - 1 : y - 1 + h, x - 1 : x - 1 + w], pixels)
+        np.testing.assert_array_equal(canvas[y - 1 : y - 1 + h, x - 1 : x - 1 + w], pixels)
         covered[y - 1 : y - 1 + h, x - 1 : x - 1 + w] = True
-    assert np.all(mosaic[~covered] == 255), "pixels outside every patch must be white"
+    assert np.all(canvas[~covered] == 255), "pixels outside every patch must be white"
     assert (~covered).any()
 
 
 def test_ground_truth_tints_exactly_the_idc_patches(real_sample_maps, idc_sample_dir):
     summary, output = real_sample_maps
-    mosaic = read_png(output / "mosaic.png").astype(np.float64)
+    canvas = read_png(output / "mosaic.png").astype(np.float64)
     truth = read_png(output / "ground_truth.png")
     assert summary["idc_patches_labelled"] == 207
-    red = np.array(heatmap.IDC_RED) * 255
+    red = np.array(patient_maps.IDC_RED) * 255
     for x, y, label, pixels in sample_patches(idc_sample_dir):
         h, w = pixels.shape[:2]
         region = (slice(y - 1, y - 1 + h), slice(x - 1, x - 1 + w))
-        expected = np.round(0.5 * mosaic[region] + 0.5 * red) if label else mosaic[region]
+        expected = np.round(0.5 * canvas[region] + 0.5 * red) if label else canvas[region]
         np.testing.assert_array_equal(truth[region], expected)
     # No model: no P(IDC) or outcome maps.
     assert not (output / "p_idc.png").exists() and not (output / "outcomes.png").exists()
@@ -130,7 +129,7 @@ def model_maps(tmp_path_factory):
     assert len(list((folder / "1").glob("*.png"))) > 0 and num_patches > 10
     (folder / "0" / "corrupt.png").write_bytes(b"broken")
     output = tmp_path_factory.mktemp("model_maps")
-    summary = heatmap.slide_maps(folder, output, workdir=workdir, threshold="validation")
+    summary = patient_maps.slide_maps(folder, output, workdir=workdir, threshold="validation")
     return summary, output, num_patches, workdir
 
 
@@ -155,11 +154,11 @@ def test_outcome_counts_agree_with_the_predictions_csv(model_maps):
 
 def test_probability_and_outcome_maps_colour_each_patch(model_maps):
     summary, output, _, _ = model_maps
-    mosaic = read_png(output / "mosaic.png").astype(np.float64)
+    canvas = read_png(output / "mosaic.png").astype(np.float64)
     p_map, outcome_map = read_png(output / "p_idc.png"), read_png(output / "outcomes.png")
     with (output / "predictions.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))
-    colours = slides.probability_colours(np.array([float(r["p_idc"]) for r in rows]))
+    colours = mosaic.probability_colours(np.array([float(r["p_idc"]) for r in rows]))
     for row, colour in zip(rows, colours):
         top, left = int(row["y"]) - 1, int(row["x"]) - 1
         pixel = (top, left)  # the top-left pixel belongs even to a 1-pixel-deep border patch
@@ -168,12 +167,12 @@ def test_probability_and_outcome_maps_colour_each_patch(model_maps):
             "P" if predicted else "N"
         )
         expected_outcome = np.round(
-            0.5 * mosaic[pixel] + 0.5 * np.array(slides.OUTCOME_COLOURS[outcome]) * 255
+            0.5 * canvas[pixel] + 0.5 * np.array(mosaic.OUTCOME_COLOURS[outcome]) * 255
         )
         np.testing.assert_array_equal(outcome_map[pixel], expected_outcome)
         # The CSV rounds P(IDC) to 6 decimals, which can move it to the neighbouring colour of the
         # colormap's 256-entry table: allow two grey levels.
-        expected_p = 0.5 * mosaic[pixel] + 0.5 * colour * 255
+        expected_p = 0.5 * canvas[pixel] + 0.5 * colour * 255
         np.testing.assert_allclose(p_map[pixel], expected_p, atol=2.0)
 
 

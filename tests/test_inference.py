@@ -1,8 +1,8 @@
 """Inference: file discovery and name parsing, the predictions CSV, thresholds, and 8-view TTA.
 
-References are independent of `inference`: the network applied directly to patches that PIL decoded
-and the test padded, numpy rot90/flip for the dihedral views. The patches are real ones of the
-sample shipped in data/idc_sample.
+References are independent of `idc_inference`: the network applied directly to patches that PIL
+decoded and the test padded, numpy rot90/flip for the dihedral views. The patches are real ones
+of the sample shipped in data/idc_sample.
 """
 
 import csv
@@ -16,12 +16,13 @@ import pytest
 from flax import nnx
 
 import input_pipeline
-import predict
+from idc_inference import patch_files
+from idc_inference.predictor import Predictor
 from input_pipeline import patches
 from tests.commands import run_program
 from tests.conftest import EMBEDDED_SAMPLE, tiny_data_dir
 from tests.test_train import tiny_config
-from trainer import RunDirectory, inference, train_and_evaluate
+from trainer import RunDirectory, train_and_evaluate
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -185,7 +186,7 @@ def csv_run(tiny_run, real_folder, tmp_path_factory):
     corrupt = extra / "corrupt.png"
     corrupt.write_bytes(b"not a png at all")
     output = extra / "preds.csv"
-    result = predict.predict_to_csv(
+    result = patch_files.predict_to_csv(
         str(tiny_run),
         [str(real_folder), str(unlabelled), str(corrupt), str(extra / "missing.png")],
         str(output),
@@ -198,7 +199,7 @@ def csv_run(tiny_run, real_folder, tmp_path_factory):
 
 def test_csv_has_one_row_per_readable_file_with_what_the_name_says(csv_run, real_patches):
     result, rows, output, unlabelled, _ = csv_run
-    assert list(rows[0]) == list(inference.CSV_COLUMNS)
+    assert list(rows[0]) == list(patch_files.CSV_COLUMNS)
     assert result["predicted"] == len(rows) == len(real_patches["label"]) + 1 == 45
     by_name = {pathlib.Path(r["file"]).name: r for r in rows}
     for i, name in enumerate(real_patches["file_name"]):
@@ -249,20 +250,20 @@ def test_validation_threshold_is_the_one_training_recorded(tiny_run):
     with (tiny_run / "history.csv").open(newline="") as f:
         last = list(csv.DictReader(f))[-1]
     step = int(last["step"])
-    assert inference.resolve_threshold("validation", tiny_run, step) == pytest.approx(
+    assert patch_files.resolve_threshold("validation", tiny_run, step) == pytest.approx(
         float(last["val_tuned_threshold"])
     )
-    assert inference.resolve_threshold("0.3", tiny_run, step) == 0.3
+    assert patch_files.resolve_threshold("0.3", tiny_run, step) == 0.3
     with pytest.raises(ValueError, match="no validation threshold for step"):
         RunDirectory(tiny_run).validation_threshold(step + 1)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        inference.resolve_threshold("1.5", tiny_run, step)
+        patch_files.resolve_threshold("1.5", tiny_run, step)
 
 
 def test_predictor_pads_the_last_batch_and_returns_one_value_per_image(
     tiny_run, real_patches, reference_p_idc
 ):
-    predictor, _, _ = inference.Predictor.from_workdir(tiny_run, batch_size=16)
+    predictor, _, _ = Predictor.from_workdir(tiny_run, batch_size=16)
     images = real_patches["image"][:21]
     null = batch_size_null(reference_p_idc, images)
     assert_within_batching_noise(predictor(images), reference_p_idc(images), null)
@@ -278,8 +279,8 @@ def numpy_dihedral_view(images: np.ndarray, k: int) -> np.ndarray:
 def test_tta_is_the_mean_of_the_eight_dihedral_views(tiny_run, real_patches, reference_p_idc):
     config, model, _ = RunDirectory(tiny_run).restore_model()
     images = real_patches["image"][:16]
-    single = inference.Predictor(model, config.preprocess, batch_size=16, tta=False)
-    tta = inference.Predictor(model, config.preprocess, batch_size=16, tta=True)
+    single = Predictor(model, config.preprocess, batch_size=16, tta=False)
+    tta = Predictor(model, config.preprocess, batch_size=16, tta=True)
     per_view = np.stack([single(numpy_dihedral_view(images, k)) for k in range(8)])
     # The views must disagree, or the test could not tell TTA from a single view.
     assert np.max(np.std(per_view, axis=0)) > 1e-4

@@ -15,10 +15,10 @@ from absl import app
 
 import reproduce
 from configs import ablations, default
+from experiment import paper, report, tables
 from tests.commands import run_program
 from tests.test_inference import trained_tiny_workdir
 from tests.test_train import TINY_OVERRIDES, tiny_config
-from trainer import paper, report
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PAPER_PLAN = paper.plan()
@@ -198,7 +198,7 @@ def test_table1_has_every_column_filled_and_the_papers_numbers(report_only_run):
     rows = table(text, "Model")
     assert len(rows) == 4
     for row in rows:
-        assert len(row) == len(report.TABLE1_HEADER)
+        assert len(row) == len(tables.TABLE1_HEADER)
         assert all(cell and cell != "n/a" for cell in row), row
     by_model = {(row[0], row[1]): row for row in rows}
     v1 = by_model["MobileNetV1", "random patch (paper)"]
@@ -215,7 +215,7 @@ def test_table1_has_every_column_filled_and_the_papers_numbers(report_only_run):
 def test_leakage_table_subtracts_patient_from_random_patch(report_only_run):
     _, text = report_only_run
     leakage = table_after(text, "## Leakage study")
-    assert len(leakage) == 2 * len(report.LEAKAGE_METRICS)
+    assert len(leakage) == 2 * len(tables.LEAKAGE_METRICS)
     assert all(cell for row in leakage for cell in row)
     accuracy = {row[0]: row for row in leakage if row[1] == "accuracy"}
     assert accuracy["MobileNetV1"][2:] == ["0.910", "0.840", "+0.070"]
@@ -303,9 +303,9 @@ def test_full_report_has_comparison_seeds_best_recipe_and_ablations(tiny_run, tm
 
 
 def test_a_resumed_runs_wall_time_names_its_invocations():
-    assert report.wall_time_cell({"wall_time_s": 300.0}) == "5.0 min"  # written before resumes
-    assert report.wall_time_cell({"wall_time_s": 300.0, "invocations": 1}) == "5.0 min"
-    cell = report.wall_time_cell({"wall_time_s": 4830.0, "invocations": 3})
+    assert tables.wall_time_cell({"wall_time_s": 300.0}) == "5.0 min"  # written before resumes
+    assert tables.wall_time_cell({"wall_time_s": 300.0, "invocations": 1}) == "5.0 min"
+    cell = tables.wall_time_cell({"wall_time_s": 4830.0, "invocations": 3})
     assert cell == "80.5 min (3 invocations)"
 
 

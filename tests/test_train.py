@@ -19,6 +19,8 @@ from tests.commands import subprocess_environment
 from tests.references import float32_sum_bound, naive_dense_conv
 from trainer import evaluate, loop, metrics, steps
 from trainer import state as state_lib
+from trainer import summary as summary_lib
+from trainer.compiled import build as build_training
 from trainer.sharding import Sharding
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -118,17 +120,9 @@ def tiny_trainer(data_dir: pathlib.Path, learning_rate: float):
 
     config = tiny_config(data_dir, learning_rate=learning_rate)
     dataset = input_pipeline.load_dataset(config.data)
-    tx = state_lib.create_optimizer(config, steps_per_epoch=1)
     sharding = Sharding.over_all_devices()
-    state, train_graph, eval_graph = state_lib.create_train_state(config, tx, sharding.replicated)
-    step, _ = loop.compile_steps(
-        config,
-        train_graph=train_graph,
-        eval_graph=eval_graph,
-        tx=tx,
-        weights_per_class=np.ones(2, np.float32),
-        sharding=sharding,
-    )
+    training = build_training(config, sharding)
+    state, step = training.state, training.train_step
     batches = (
         sharding.put_batch({k: batch[k] for k in steps.BATCH_KEYS})
         for batch in input_pipeline.iterate_batches(
@@ -247,21 +241,22 @@ def _check_test_statistics(summary):
     assert sum(row["patches"] for row in per_patient["patients"]) == summary["test"]["num_examples"]
 
 
-def test_test_statistics_bootstrap_resamples_from_the_config():
+def test_test_statistics_bootstrap_resamples_as_asked():
     rng = np.random.default_rng(0)
     split = types.SimpleNamespace(label=rng.integers(0, 2, 60), patient=np.repeat([4, 2, 9], 20))
     probabilities = rng.random(60)
-    config = default.get_config()
-    assert config.eval_bootstrap_resamples == 2000
-    config.eval_bootstrap_resamples = 0
-    off = loop._test_statistics(config, split, probabilities, 0.3)
+    assert default.get_config().eval_bootstrap_resamples == 2000
+    off = summary_lib.test_statistics(
+        split.label, probabilities, split.patient, 0.3, bootstrap_resamples=0
+    )
     assert off["test_intervals"] is None
     assert off["test_calibration"]["ece"] == metrics.expected_calibration_error(
         split.label, probabilities
     )
     assert [row["patient"] for row in off["test_per_patient"]["patients"]] == [2, 4, 9]
-    config.eval_bootstrap_resamples = 30
-    intervals = loop._test_statistics(config, split, probabilities, 0.3)["test_intervals"]
+    intervals = summary_lib.test_statistics(
+        split.label, probabilities, split.patient, 0.3, bootstrap_resamples=30
+    )["test_intervals"]
     assert intervals["at_0.5"]["num_resamples"] == 30 and intervals["at_0.5"]["threshold"] == 0.5
     assert intervals["at_validation_threshold"]["threshold"] == 0.3
     assert "pr_auc" in intervals["at_0.5"] and "pr_auc" not in intervals["at_validation_threshold"]
@@ -380,7 +375,7 @@ def test_every_network_config_trains_end_to_end(tmp_path, data_dir, config_file,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
-    from trainer import paper
+    from experiment import paper
 
     assert summary["model"] == paper.load_config_file(REPO / config_file).model.name
     assert 0.0 <= summary["test"]["roc_auc"] <= 1.0 and summary["steps"] > 0

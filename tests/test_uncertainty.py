@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from sklearn import metrics as sklearn_metrics
 
-from trainer import figures, metrics, uncertainty
+from experiment import figures
+from trainer import metrics, uncertainty
 
 
 def synthetic_patients(num_patients, mean_patches, seed, ties=False):

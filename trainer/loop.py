@@ -11,14 +11,11 @@ checkpoint and ends with the same files as an uninterrupted one, but for summary
 from __future__ import annotations
 
 import dataclasses
-import functools
 import itertools
-import math
 import time
 from collections.abc import Iterator
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
@@ -26,50 +23,13 @@ from clu import parameter_overview
 from jax.experimental import multihost_utils
 
 import input_pipeline
-import mobilenets
-from trainer import evaluate, metrics, steps, uncertainty, writers
+from trainer import compiled, evaluate, metrics, steps, writers
 from trainer import state as state_lib
+from trainer import summary as summary_lib
 from trainer.checkpoints import BEST_METRIC, Checkpointer
 from trainer.rundir import RunDirectory
 from trainer.sharding import Sharding, replicated_to_host
 from trainer.state import TrainState
-
-
-def compile_steps(
-    config: ml_collections.ConfigDict,
-    *,
-    train_graph,
-    eval_graph,
-    tx,
-    weights_per_class: np.ndarray,
-    sharding: Sharding,
-):
-    """The jitted train step (state donated) and eval step, with explicit shardings."""
-    jit_train_step = jax.jit(
-        functools.partial(
-            steps.train_step,
-            graphdef=train_graph,
-            tx=tx,
-            preprocess_config=config.preprocess,
-            label_smoothing=config.label_smoothing,
-            weights_per_class=jnp.asarray(weights_per_class),
-            augment_seed=config.seed,
-        ),
-        in_shardings=(sharding.replicated, sharding.batch),
-        out_shardings=sharding.replicated,
-        donate_argnums=0,
-    )
-    jit_eval_step = jax.jit(
-        functools.partial(
-            steps.eval_step,
-            graphdef=eval_graph,
-            preprocess_config=config.preprocess,
-            views=steps.ALL_VIEWS if config.eval_tta else (0,),
-        ),
-        in_shardings=(sharding.replicated, sharding.batch),
-        out_shardings=sharding.batch,
-    )
-    return jit_train_step, jit_eval_step
 
 
 def load_dataset_once(data_config: ml_collections.ConfigDict):
@@ -202,18 +162,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             f"{config.global_batch_size}; lower config.global_batch_size"
         )
 
-    tx = state_lib.create_optimizer(config, steps_per_epoch)
-    state, train_graph, eval_graph = state_lib.create_train_state(
-        config, tx, sharding.replicated
+    training = compiled.build(
+        config, sharding, steps_per_epoch=steps_per_epoch, train_labels=dataset.train.label
     )
-    jit_train_step, jit_eval_step = compile_steps(
-        config,
-        train_graph=train_graph,
-        eval_graph=eval_graph,
-        tx=tx,
-        weights_per_class=state_lib.class_weights(config, dataset.train.label),
-        sharding=sharding,
-    )
+    state = training.state
     context = RunContext(
         config=config,
         rundir=rundir,
@@ -225,8 +177,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         writer=writers.MetricWriter(
             rundir.path, rundir.metrics_file, is_main_process=is_main_process
         ),
-        jit_train_step=jit_train_step,
-        jit_eval_step=jit_eval_step,
+        jit_train_step=training.train_step,
+        jit_eval_step=training.eval_step,
         recalibrate_batch_stats=(
             evaluate.BatchNormRecalibration(config, sharding)
             if config.bn_recalibration_batches > 0
@@ -264,7 +216,7 @@ def _start_or_resume(context: RunContext, state: TrainState) -> tuple[TrainState
         logging.info("Resumed from %s at step %d.", context.checkpointer.directory, latest)
         return state, meta
     if context.is_main_process:
-        profile = _profile(config)
+        profile = state_lib.model_profile(config)
         context.rundir.write_config(config)
         parameter_overview.log_parameter_overview(state.params.to_pure_dict())
         logging.info(
@@ -279,15 +231,6 @@ def _start_or_resume(context: RunContext, state: TrainState) -> tuple[TrainState
             0, {"devices": jax.device_count()}
         )
     return state, meta
-
-
-def _profile(config: ml_collections.ConfigDict) -> mobilenets.Profile:
-    return mobilenets.profile(
-        config.model.name,
-        alpha=config.model.alpha,
-        image_size=config.preprocess.image_size,
-        num_classes=state_lib.NUM_CLASSES,
-    )
 
 
 def _train_epochs(
@@ -392,104 +335,25 @@ def _plot_title(config, meta) -> str:
 
 
 def _final_evaluation(context: RunContext, state: TrainState, meta: dict) -> dict:
-    """Test metrics of the final model at 0.5 and at the threshold chosen on validation.
-
-    Also the uncertainty of the test metrics (`_test_statistics`): bootstrap intervals over the
-    test patients, calibration, and the per-patient view.
-    """
+    """Evaluates the final model on test and returns summary.json's content (`trainer.summary`)."""
     config = context.config
     step = int(replicated_to_host(state.step))
-    history = meta["history"]
-    threshold = history[-1]["val_tuned_threshold"] if history else 0.5
     test_report, test_probabilities = evaluate.evaluate_split(
         context.jit_eval_step, state, context.dataset.test, config, context.sharding
-    )
-    tuned = metrics.full_report(
-        context.dataset.test.label,
-        test_probabilities,
-        context.dataset.test.patient,
-        threshold=threshold,
     )
     context.writer.write_scalars(
         step, {f"test_{k}": v for k, v in test_report.items() if isinstance(v, int | float)}
     )
-    profile = _profile(config)
-    images_per_second = meta.get("images_per_second", [])
-    last = history[-1] if history else {}
-    return {
-        "model": config.model.name,
-        "alpha": config.model.alpha,
-        "image_size": config.preprocess.image_size,
-        **{k: v for k, v in meta["data"].items() if k != "info"},
-        "data_info": meta["data"].get("info", {}),
-        "num_epochs": config.num_epochs,
-        "steps": step,
-        "devices": jax.device_count(),
-        "processes": jax.process_count(),
-        "backend": jax.default_backend(),
-        "compute_dtype": str(jnp.dtype(state_lib.compute_dtype(config))),
-        "trainable_parameters": profile.params,
-        "batch_norm_statistics": profile.batch_stats,
-        "multiply_adds_per_image": profile.macs,
-        "train_images_per_second": (
-            float(np.median(images_per_second)) if images_per_second else math.nan
-        ),
-        "best_step": context.checkpointer.best_step(),
-        "final_train": {
-            "loss": last.get("train_loss", math.nan),
-            "accuracy": last.get("train_accuracy", math.nan),
-        },
-        "final_validation": {k[len("val_") :]: v for k, v in last.items() if k.startswith("val_")},
-        "test": test_report,
-        "test_at_validation_threshold": tuned,
-        **_test_statistics(config, context.dataset.test, test_probabilities, threshold),
-    }
-
-
-# The same resamples of the test patients for every run: intervals of two models evaluated on one
-# test split are then computed on the same resampled sets.
-BOOTSTRAP_SEED = 0
-
-
-def _test_statistics(
-    config: ml_collections.ConfigDict, test, probabilities: np.ndarray, tuned_threshold: float
-) -> dict:
-    """summary.json's `test_intervals`, `test_calibration` and `test_per_patient`.
-
-    `test_intervals`: percentile bootstrap intervals over the test patients
-    (`uncertainty.bootstrap_intervals`, `config.eval_bootstrap_resamples` resamples; None when
-    0): `at_0.5` for every metric, `at_validation_threshold` for the threshold metrics at the
-    threshold tuned on validation (the same resamples). Under the random-patch split the test
-    patients also gave patches to training: resampling patients still respects the correlation
-    of their test patches, but the intervals then describe a leaky estimate (sampling noise only,
-    not the leak's optimism). `test_calibration`: reliability curve, ECE and MCE of P(IDC).
-    `test_per_patient`: one row per test patient and the spread of per-patient AUC and balanced
-    accuracy, with the worst patients.
-    """
-    labels, patients = test.label, test.patient
-    intervals = None
-    if config.eval_bootstrap_resamples > 0:
-        options = dict(num_resamples=config.eval_bootstrap_resamples, seed=BOOTSTRAP_SEED)
-        intervals = {
-            "at_0.5": uncertainty.bootstrap_intervals(
-                labels, probabilities, patients, threshold=0.5, **options
-            ),
-            "at_validation_threshold": uncertainty.bootstrap_intervals(
-                labels,
-                probabilities,
-                patients,
-                threshold=tuned_threshold,
-                metric_names=uncertainty.THRESHOLD_METRICS,
-                **options,
-            ),
-        }
-    table = metrics.per_patient_table(labels, probabilities, patients)
-    return {
-        "test_intervals": intervals,
-        "test_calibration": metrics.calibration_report(labels, probabilities),
-        "test_per_patient": {
-            "threshold": 0.5,
-            "distribution": metrics.per_patient_distribution(table),
-            "patients": table,
-        },
-    }
+    test = context.dataset.test
+    return summary_lib.build_summary(
+        config,
+        data=meta["data"],
+        history=meta["history"],
+        steps=step,
+        best_step=context.checkpointer.best_step(),
+        images_per_second=meta.get("images_per_second", []),
+        test_report=test_report,
+        test_labels=test.label,
+        test_patients=test.patient,
+        test_probabilities=test_probabilities,
+    )

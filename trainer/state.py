@@ -63,6 +63,16 @@ def create_model(config: ml_collections.ConfigDict, *, seed: int, **overrides) -
     return mobilenets.create(config.model.name, **{**kwargs, **overrides})
 
 
+def model_profile(config: ml_collections.ConfigDict) -> mobilenets.Profile:
+    """Parameters, BatchNorm statistics and multiply-adds per image of the config's network."""
+    return mobilenets.profile(
+        config.model.name,
+        alpha=config.model.alpha,
+        image_size=config.preprocess.image_size,
+        num_classes=NUM_CLASSES,
+    )
+
+
 def split_model(model: nnx.Module) -> tuple[nnx.GraphDef, nnx.GraphDef, tuple]:
     """(train graph, eval graph, (params, batch_stats, rng_streams)) of an NNX model."""
     model.eval()

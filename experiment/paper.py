@@ -17,7 +17,7 @@ experiment's workdir:
   with seeds 0 .. n-1: `best_seed<k>`;
 - ablation: the candidates for the best recipe (configs/ablations.py), each the base config with
   a few keys changed, chosen on the validation patients: `ablation_<name>`.
-`reproduce.py` trains what `plan` lists; `trainer/report.py` renders report.md from the runs.
+`reproduce.py` trains what `plan` lists; `experiment/report.py` renders report.md from the runs.
 """
 
 from __future__ import annotations

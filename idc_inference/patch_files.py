@@ -1,25 +1,14 @@
-"""Inference with a trained network: P(IDC) of PNG patches, test-time augmentation, CSV.
+"""P(IDC) of PNG patch files, and the CSV of predictions.
 
-    predictor, config, step = Predictor.from_workdir("/tmp/idc_v1", tta=True)
     files, unreadable = patches.find_png_files(["data/idc_sample/9383"])
     result = predict_files(predictor, files)           # P(IDC) of every readable file
     write_predictions_csv("preds.csv", result, threshold=0.5)
-
-* Preprocessing is training's own: PNGs are decoded and border patches padded with white by
-  `input_pipeline.patches.decode_patch` (as the TFDS builder does), then resized and scaled by
-  `input_pipeline.preprocess` inside the jitted function, as the validation loop saw them.
-* `Predictor` runs the network in eval mode (BatchNorm with its running statistics, no dropout) in
-  one jitted function of a fixed batch size, compiled ahead of time; the last batch is padded, so a
-  single compilation serves any number of files. Batches are sharded over every device.
-* Test-time augmentation averages P(IDC) over the 8 symmetries of the square, as the trainer's
-  evaluation does with `config.eval_tta` (`steps.mean_log_probabilities`).
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
-import functools
 import math
 import os
 import pathlib
@@ -27,109 +16,20 @@ import time
 from collections.abc import Sequence
 
 import jax
-import jax.numpy as jnp
-import ml_collections
 import numpy as np
-from flax import nnx
 
+from idc_inference.predictor import Predictor
 from input_pipeline.patches import (
-    PATCH_SIZE,
-    WHITE,
     LoadedPatch,
     PatchName,
+    find_png_files,
     load_patches,
     parse_patch_name,
 )
-from trainer import steps
 from trainer.rundir import RunDirectory
-from trainer.sharding import Sharding, to_host
+from trainer.sharding import to_host
 
 CSV_COLUMNS = ("file", "patient", "x", "y", "p_idc", "predicted_label", "true_label")
-
-
-def predict_probabilities(
-    state: nnx.State,
-    images: jax.Array,
-    *,
-    graphdef: nnx.GraphDef,
-    preprocess_config: ml_collections.ConfigDict,
-    views: tuple[int, ...],
-) -> jax.Array:
-    """Mean P(IDC) over the dihedral `views` of uint8 patches [B, 50, 50, 3] -> [B], as the
-    evaluation of training computes it (`steps.mean_log_probabilities`)."""
-    model = nnx.merge(graphdef, state)
-    log_probs = steps.mean_log_probabilities(model, images, preprocess_config, views)
-    return jnp.exp(log_probs[:, 1])
-
-
-class Predictor:
-    """P(IDC) of uint8 patches by a trained model, through one ahead-of-time compiled function.
-
-    `batch_size` is rounded up to a multiple of the device count; every call is cut into batches of
-    exactly that size (the last one padded with white patches whose outputs are dropped), so the
-    compiled function is the only one ever run.
-    """
-
-    def __init__(
-        self,
-        model: nnx.Module,
-        preprocess_config: ml_collections.ConfigDict,
-        *,
-        batch_size: int = 256,
-        tta: bool = False,
-    ):
-        self.sharding = Sharding.over_all_devices()
-        devices = jax.device_count()
-        self.batch_size = max(devices, -(-batch_size // devices) * devices)
-        self.tta = tta
-        self.views = steps.ALL_VIEWS if tta else (0,)
-        graphdef, state = nnx.split(model)
-        self._state = jax.device_put(state, self.sharding.replicated)
-        jitted = jax.jit(
-            functools.partial(
-                predict_probabilities,
-                graphdef=graphdef,
-                preprocess_config=preprocess_config,
-                views=self.views,
-            ),
-            in_shardings=(self.sharding.replicated, self.sharding.batch),
-            out_shardings=self.sharding.batch,
-        )
-        batch_shape = jax.ShapeDtypeStruct(
-            (self.batch_size, PATCH_SIZE, PATCH_SIZE, 3), jnp.uint8, sharding=self.sharding.batch
-        )
-        start = time.perf_counter()
-        self._compiled = jitted.lower(self._state, batch_shape).compile()
-        self.compile_seconds = time.perf_counter() - start
-
-    @classmethod
-    def from_workdir(
-        cls, workdir: str | os.PathLike, which: str = "latest", **kwargs
-    ) -> tuple[Predictor, ml_collections.ConfigDict, int]:
-        """(predictor, run config, checkpoint step) for the `which` checkpoint of a training run."""
-        config, model, step = RunDirectory(workdir).restore_model(which)
-        return cls(model, config.preprocess, **kwargs), config, step
-
-    def dispatch(self, images: np.ndarray) -> jax.Array:
-        """Starts one batch (at most `batch_size` patches) and returns its P(IDC) without waiting.
-
-        JAX runs the computation asynchronously, so the caller can decode the next batch meanwhile.
-        The result has `batch_size` rows; those past len(images) belong to the padding.
-        """
-        if len(images) > self.batch_size:
-            raise ValueError(f"{len(images)} images exceed the batch size {self.batch_size}")
-        padded = np.full((self.batch_size, PATCH_SIZE, PATCH_SIZE, 3), WHITE, np.uint8)
-        padded[: len(images)] = images
-        return self._compiled(self._state, self.sharding.put_batch({"image": padded})["image"])
-
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        """P(IDC), float32 [N], of uint8 patches [N, 50, 50, 3]."""
-        pending = [
-            self.dispatch(images[start : start + self.batch_size])
-            for start in range(0, len(images), self.batch_size)
-        ]
-        outputs = [to_host(p) for p in pending]
-        return np.concatenate(outputs)[: len(images)] if outputs else np.zeros(0, np.float32)
 
 
 @dataclasses.dataclass
@@ -257,3 +157,37 @@ def write_errors(path: str | os.PathLike, errors: Sequence[tuple[pathlib.Path, s
     """`<file>\\t<reason>` per unreadable file (an empty file when there is none)."""
     with open(path, "w") as f:
         f.writelines(f"{file}\t{reason}\n" for file, reason in errors)
+
+def predict_to_csv(
+    workdir: str,
+    paths: list[str],
+    output: str,
+    *,
+    checkpoint: str = "latest",
+    tta: bool = False,
+    threshold: str = "0.5",
+    batch_size: int = 256,
+    num_threads: int = 8,
+) -> dict:
+    """Predicts every PNG under `paths`, writes `output` and `output`.errors.txt; returns counts."""
+    files, errors = find_png_files(paths)
+    predictor, _, step = Predictor.from_workdir(
+        workdir, checkpoint, batch_size=batch_size, tta=tta
+    )
+    cut = resolve_threshold(threshold, workdir, step)
+    predictions = predict_files(predictor, files, num_threads=num_threads)
+    errors += predictions.errors
+    write_predictions_csv(output, predictions, cut)
+    write_errors(f"{output}.errors.txt", errors)
+    return {
+        "predicted": len(predictions.files),
+        "unreadable": len(errors),
+        "errors": errors,
+        "checkpoint_step": step,
+        "threshold": cut,
+        "tta": tta,
+        "batch_size": predictor.batch_size,
+        "compile_seconds": predictor.compile_seconds,
+        "seconds": predictions.seconds,
+        "images_per_second": predictions.images_per_second,
+    }

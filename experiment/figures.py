@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from trainer.paper import MODEL_TITLES, PAPER_ACCURACY, PAPER_EPOCHS, SPLIT_TITLES, SPLITS
+from experiment.paper import MODEL_TITLES, PAPER_ACCURACY, PAPER_EPOCHS, SPLIT_TITLES, SPLITS
 from trainer.rundir import Run
 
 
