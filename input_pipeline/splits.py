@@ -126,6 +126,34 @@ def by_random_patch(
     return SplitIndices(train, validation, test, notes=(note,))
 
 
+def fewer_training_patients(
+    patient: np.ndarray, label: np.ndarray, train: np.ndarray, fraction: float, seed: int
+) -> tuple[np.ndarray, str]:
+    """Rows of `train` of a stratified `fraction` of its patients, and a note saying so.
+
+    For learning curves: validation and test stay as they are, and the kept patients span the
+    range of positive fractions (`_evenly_spaced_pick`), so that a quarter of the patients is a
+    quarter of every kind of patient, not of the first ones drawn.
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"data.train_patients_fraction must lie in (0, 1], got {fraction}")
+    patients, inverse = np.unique(patient[train], return_inverse=True)
+    if fraction == 1.0:
+        return train, ""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 9]))
+    positives = np.bincount(inverse, weights=label[train], minlength=len(patients))
+    positive_fraction = positives / np.bincount(inverse, minlength=len(patients))
+    order = np.lexsort((rng.random(len(patients)), positive_fraction))
+    count = max(1, int(round(fraction * len(patients))))
+    kept = order[_evenly_spaced_pick(np.arange(len(patients)), count, rng)]
+    rows = train[np.isin(inverse, kept)]
+    note = (
+        f"training on {count} of {len(patients)} training patients ({len(rows)} of {len(train)} "
+        f"patches; data.train_patients_fraction={fraction})"
+    )
+    return rows, note
+
+
 def make_splits(
     protocol: str,
     patient: np.ndarray,

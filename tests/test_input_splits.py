@@ -82,3 +82,24 @@ def test_random_patch_split_notes_the_leak(table):
 def test_unknown_protocol_is_an_error(table):
     with pytest.raises(ValueError, match="unknown split protocol"):
         splits.make_splits("by_slide", *table)
+
+
+def test_fewer_training_patients_keeps_a_stratified_share_of_whole_patients():
+    rng = np.random.default_rng(3)
+    patient = np.repeat(np.arange(40), 10)
+    # Patient p has round(p / 4) IDC patches of 10: positive fractions from 0 to 1.
+    label = np.concatenate([(np.arange(10) < round(p / 4)).astype(np.int32) for p in range(40)])
+    train = np.sort(rng.choice(len(patient), 300, replace=False))
+    train = np.flatnonzero(np.isin(patient, np.unique(patient[train])))
+    rows, note = splits.fewer_training_patients(patient, label, train, 0.25, seed=0)
+    kept = np.unique(patient[rows])
+    assert len(kept) == round(0.25 * len(np.unique(patient[train])))
+    # Whole patients: every training row of a kept patient, and none of the others.
+    np.testing.assert_array_equal(rows, train[np.isin(patient[train], kept)])
+    # Stratified: the kept patients' positive fractions span the training patients' range.
+    fraction = np.array([label[patient == p].mean() for p in kept])
+    assert fraction.min() <= 0.2 and fraction.max() >= 0.8
+    assert "of 40 training patients" in note
+    assert splits.fewer_training_patients(patient, label, train, 1.0, seed=0) == (train, "")
+    with pytest.raises(ValueError, match="train_patients_fraction"):
+        splits.fewer_training_patients(patient, label, train, 0.0, seed=0)

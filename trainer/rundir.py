@@ -124,10 +124,8 @@ class RunDirectory:
             "checkpoint?); pass a number as the threshold or pick an end-of-epoch checkpoint"
         )
 
-    def restore_model(
-        self, which: str = "latest"
-    ) -> tuple[ml_collections.ConfigDict, nnx.Module, int]:
-        """(config, model in eval mode, step) of a checkpoint of the run.
+    def restore_state(self, which: str = "latest") -> tuple[ml_collections.ConfigDict, object, int]:
+        """(config, TrainState, step) of a checkpoint of the run, on the default device.
 
         `which` is "latest", "best" (by validation balanced accuracy) or a step number.
         """
@@ -145,6 +143,13 @@ class RunDirectory:
         abstract_state = jax.eval_shape(lambda: state_lib.create_train_state(config, tx)[0])
         state, _ = checkpointer.restore(step, abstract_state)
         checkpointer.close()
+        return config, state, step
+
+    def restore_model(
+        self, which: str = "latest"
+    ) -> tuple[ml_collections.ConfigDict, nnx.Module, int]:
+        """(config, model in eval mode, step) of a checkpoint of the run (`restore_state`)."""
+        config, state, step = self.restore_state(which)
         _, eval_graph, _ = state_lib.split_model(
             nnx.eval_shape(lambda: state_lib.create_model(config, seed=0))
         )

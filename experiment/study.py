@@ -1,0 +1,229 @@
+"""Beyond the paper, on finished runs: slide context, ensembles, calibration, a learning curve.
+
+    python study.py --workdir=/tmp/real_245 --output=results/real_245/study.md
+
+reads the runs of one experiment directory (each a training run's workdir, named as `RUNS` lists;
+missing ones are skipped and said so) and writes one Markdown report. Every choice (the
+smoothing width, thresholds, the ensemble's members) is made on the validation patients; the
+test patients only judge, with 95% intervals from the bootstrap over test patients that
+summary.json uses (`trainer.uncertainty`, seed 0: every row is scored on the same resamples).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from collections.abc import Mapping
+
+import numpy as np
+
+from experiment import learning_curve, slide_context
+from experiment.markdown import fmt, fmt_interval, markdown_table
+from experiment.predictions import PatchPredictions, split_predictions
+from trainer import metrics, uncertainty
+from trainer.rundir import RunDirectory
+
+# Run directory names of an experiment, by role.
+PATCH_RUNS = {
+    "mobilenet_v1_patient": "MobileNetV1, the paper's recipe",
+    "mobilenet_v2_patient": "MobileNetV2, the paper's recipe",
+    "v1_best": "MobileNetV1, best recipe of the subset (class weights, 15 epochs cosine)",
+}
+LEARNING_CURVE = ("v1_patients_0.25", "v1_patients_0.5", "mobilenet_v1_patient")
+ENSEMBLE = ("mobilenet_v1_patient", "mobilenet_v2_patient")
+# Patients whose patches are at least this dense on their grid count as whole slides.
+WHOLE_SLIDE_NEIGHBOURS = 0.5
+# How many more patches the full Kaggle set has than the merged 245-patient data.
+KAGGLE_PATCH_FACTOR = 277_524 / 33_685
+METRIC_COLUMNS = (
+    "ROC AUC [95% CI]",
+    "Bal. acc. at 0.5",
+    "Bal. acc. at val. threshold [95% CI]",
+    "F1 at val. threshold [95% CI]",
+    "ECE",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Scored:
+    """P(IDC) of one method on validation and test, and the threshold chosen on validation."""
+
+    name: str
+    validation: PatchPredictions
+    test: PatchPredictions
+    summary: Mapping = dataclasses.field(default_factory=dict)  # the run's summary.json
+
+    @property
+    def threshold(self) -> float:
+        return metrics.best_threshold(self.validation.label, self.validation.p_idc)
+
+
+def metric_cells(test: PatchPredictions, threshold: float) -> list[str]:
+    intervals = dict(num_resamples=2000, seed=0)
+    at_half = uncertainty.bootstrap_intervals(
+        test.label, test.p_idc, test.patient, threshold=0.5, **intervals
+    )
+    tuned = uncertainty.bootstrap_intervals(
+        test.label,
+        test.p_idc,
+        test.patient,
+        threshold=threshold,
+        metric_names=("balanced_accuracy", "f1"),
+        **intervals,
+    )
+    return [
+        fmt_interval(at_half["roc_auc"]),
+        fmt(at_half["balanced_accuracy"]["estimate"]),
+        fmt_interval(tuned["balanced_accuracy"]),
+        fmt_interval(tuned["f1"]),
+        fmt(metrics.expected_calibration_error(test.label, test.p_idc)),
+    ]
+
+
+def prior_corrected(table: PatchPredictions, train_counts: Mapping[str, int]) -> PatchPredictions:
+    """P(IDC) with the prior shift of an inverse-frequency class-weighted loss taken out.
+
+    Weighting class c by w_c makes the loss's minimiser p_w(c|x) proportional to w_c p(c|x); with
+    "balanced" weights w_c = N / (2 N_c), so the log-odds are shifted by log(N_0 / N_1). Subtracting
+    that shift recovers P(IDC) at the training prevalence.
+    """
+    negatives = train_counts["patches"] - train_counts["positives"]
+    shift = np.log(negatives / train_counts["positives"])
+    p = np.clip(table.p_idc.astype(np.float64), 1e-7, 1 - 1e-7)
+    logit = np.log(p) - np.log1p(-p) - shift
+    return table.with_p_idc(1.0 / (1.0 + np.exp(-logit)))
+
+
+def _whole_slide_patients(table: PatchPredictions) -> np.ndarray:
+    density = slide_context.neighbour_fraction(table)
+    patients = np.unique(table.patient)
+    return np.array(
+        [p for p in patients if density[table.patient == p].mean() >= WHOLE_SLIDE_NEIGHBOURS]
+    )
+
+
+def _load(workdir: pathlib.Path, name: str) -> Scored | None:
+    path = workdir / name
+    if not (path / "summary.json").is_file():
+        return None
+    return Scored(
+        name,
+        split_predictions(path, "validation"),
+        split_predictions(path, "test"),
+        RunDirectory(path).summary(),
+    )
+
+
+def render(workdir: str | pathlib.Path) -> str:
+    workdir = pathlib.Path(workdir)
+    scored = {name: s for name in {*PATCH_RUNS, *LEARNING_CURVE} if (s := _load(workdir, name))}
+    missing = sorted({*PATCH_RUNS, *LEARNING_CURVE} - set(scored))
+    parts = ["# Beyond the paper: slide context, ensembles, calibration, learning curve", ""]
+    if missing:
+        parts += [f"Runs not found (skipped): {', '.join(f'`{m}`' for m in missing)}.", ""]
+
+    methods: list[Scored] = [scored[n] for n in PATCH_RUNS if n in scored]
+    if "v1_best" in scored:
+        best = scored["v1_best"]
+        counts = best.summary["data_info"]["counts"]["train"]
+        methods.append(
+            Scored(
+                "v1_best, prior shift of the class weights removed",
+                prior_corrected(best.validation, counts),
+                prior_corrected(best.test, counts),
+            )
+        )
+    if all(n in scored for n in ENSEMBLE):
+        mean = lambda split: getattr(scored[ENSEMBLE[0]], split).with_p_idc(
+            np.mean([getattr(scored[n], split).p_idc for n in ENSEMBLE], axis=0)
+        )
+        methods.append(
+            Scored(" + ".join(ENSEMBLE) + " (mean P(IDC))", mean("validation"), mean("test"))
+        )
+
+    rows = [[f"`{m.name}`", fmt(m.threshold), *metric_cells(m.test, m.threshold)] for m in methods]
+    parts += [
+        "## Patch only (test patients, patient split)",
+        "",
+        "Thresholds are chosen on the validation patients (maximum balanced accuracy).",
+        "",
+        markdown_table(("Method", "Val. threshold", *METRIC_COLUMNS), rows),
+        "",
+    ]
+    parts += _context_section(methods)
+    parts += _learning_curve_section(scored)
+    return "\n".join(parts) + "\n"
+
+
+def _context_section(methods: list[Scored]) -> list[str]:
+    if not methods:
+        return []
+    rows, widths = [], []
+    slides = _whole_slide_patients(methods[0].test)
+    for method in methods:
+        choice = slide_context.choose_sigma(method.validation)
+        widths.append(f"`{method.name}`: sigma {choice.sigma:g}")
+        smoothed = method.test.with_p_idc(slide_context.smooth_on_grid(method.test, choice.sigma))
+        on_slides = np.isin(method.test.patient, slides)
+        for label, table, threshold in (
+            ("patch only", method.test, method.threshold),
+            (f"smoothed, sigma {choice.sigma:g}", smoothed, choice.threshold),
+        ):
+            rows.append([f"`{method.name}`", label, "all", *metric_cells(table, threshold)])
+            if on_slides.any() and not on_slides.all():
+                part = table.select(np.flatnonzero(on_slides))
+                rows.append(
+                    [f"`{method.name}`", label, "whole slides", *metric_cells(part, threshold)]
+                )
+    return [
+        "## Slide context: P(IDC) smoothed over the slide's grid",
+        "",
+        "Normalised Gaussian smoothing of P(IDC) over each patch's grid neighbours "
+        "(`experiment/slide_context.py`); the width and the threshold are chosen on the "
+        "validation patients, among sigma = "
+        + ", ".join(f"{s:g}" for s in slide_context.SIGMAS)
+        + " patches. Chosen: "
+        + "; ".join(widths)
+        + f". 'whole slides': the {len(slides)} test patients whose patches have on average at "
+        f"least {WHOLE_SLIDE_NEIGHBOURS:.0%} of their 4 grid neighbours present.",
+        "",
+        markdown_table(("Method", "P(IDC)", "Test patients", *METRIC_COLUMNS), rows),
+        "",
+    ]
+
+
+def _learning_curve_section(scored: Mapping[str, Scored]) -> list[str]:
+    names = [n for n in LEARNING_CURVE if n in scored]
+    if len(names) < 3:
+        return []
+    counts = [scored[n].summary["data_info"]["counts"]["train"] for n in names]
+    patches = [c["patches"] for c in counts]
+    test_sets = [
+        (scored[n].test.label, scored[n].test.p_idc, scored[n].test.patient) for n in names
+    ]
+    target = patches[-1] * KAGGLE_PATCH_FACTOR
+    curve = learning_curve.extrapolate(patches, test_sets, target)
+    rows = [
+        [
+            f"`{name}`",
+            str(c["patients"]),
+            f"{c['patches']:,}",
+            *metric_cells(scored[name].test, scored[name].threshold)[:3],
+        ]
+        for name, c in zip(names, counts)
+    ]
+    law = curve["fit"]
+    return [
+        "## Learning curve (the same test patients)",
+        "",
+        markdown_table(("Run", "Training patients", "Training patches", *METRIC_COLUMNS[:3]), rows),
+        "",
+        f"Fitted power law: 1 - ROC AUC = {law['scale']:.3g} x patches^-{law['exponent']:.3f}. "
+        f"At {target:,.0f} training patches ({KAGGLE_PATCH_FACTOR:.1f}x these, the full Kaggle "
+        f"set's share) it predicts test ROC AUC {curve['predicted_roc_auc']:.3f} "
+        f"[95% interval over test patients {curve['low']:.3f}, {curve['high']:.3f}]. The "
+        "interval covers the test patients' sampling only: three points cannot show whether "
+        "the curve bends, and the full set's extra patches come mostly from the same patients "
+        "(whole slides instead of scattered patches), which are worth less than new patients.",
+        "",
+    ]

@@ -1,0 +1,75 @@
+"""Slide context: the normalised Gaussian smoothing over the grid against a naive double loop."""
+
+import numpy as np
+import pytest
+
+from experiment import slide_context
+from experiment.predictions import PatchPredictions
+
+
+def scattered_slides(seed: int = 0) -> PatchPredictions:
+    """Two patients' patches scattered over their grids, with holes, edges and an isolated one."""
+    rng = np.random.default_rng(seed)
+    rows, cols, patients = [], [], []
+    for patient, (height, width) in ((7, (9, 12)), (3, (5, 4))):
+        cells = rng.choice(height * width, size=height * width * 2 // 3, replace=False)
+        rows += list(cells // width)
+        cols += list(cells % width)
+        patients += [patient] * len(cells)
+    rows, cols, patients = rows + [40], cols + [40], patients + [7]  # far from everything
+    n = len(rows)
+    return PatchPredictions(
+        p_idc=rng.random(n).astype(np.float32),
+        label=rng.integers(0, 2, n).astype(np.int32),
+        patient=np.array(patients, np.int32),
+        x=np.array(cols, np.int32) * 50 + 1,
+        y=np.array(rows, np.int32) * 50 + 1,
+    )
+
+
+def naive_smoothing(table: PatchPredictions, sigma: float) -> np.ndarray:
+    radius = int(slide_context.TRUNCATE * sigma + 0.5)
+    rows, cols = (table.y - 1) // 50, (table.x - 1) // 50
+    out = np.zeros(len(rows))
+    for i in range(len(rows)):
+        num = den = 0.0
+        for j in range(len(rows)):
+            dr, dc = abs(int(rows[i] - rows[j])), abs(int(cols[i] - cols[j]))
+            if table.patient[i] != table.patient[j] or dr > radius or dc > radius:
+                continue
+            weight = np.exp(-(dr**2) / (2 * sigma**2)) * np.exp(-(dc**2) / (2 * sigma**2))
+            num += weight * float(table.p_idc[j])
+            den += weight
+        out[i] = num / den
+    return out
+
+
+@pytest.mark.parametrize("sigma", [0.5, 1.5, 3.0])
+def test_smoothing_equals_the_naive_normalised_convolution(sigma):
+    table = scattered_slides()
+    smoothed = slide_context.smooth_on_grid(table, sigma)
+    # Float32 output of float64 sums of at most ~100 terms in [0, 1]: a few float32 ulps.
+    np.testing.assert_allclose(smoothed, naive_smoothing(table, sigma), rtol=0, atol=2e-7)
+    assert smoothed[-1] == table.p_idc[-1], "an isolated patch keeps its own P(IDC)"
+
+
+def test_no_smoothing_at_sigma_zero_and_choice_on_validation():
+    table = scattered_slides(1)
+    np.testing.assert_array_equal(slide_context.smooth_on_grid(table, 0.0), table.p_idc)
+    # Labels that are a smooth region: smoothing the noisy P(IDC) must help, and be chosen.
+    rows, cols = (table.y - 1) // 50, (table.x - 1) // 50
+    region = ((rows - 4) ** 2 + (cols - 6) ** 2 < 10).astype(np.int32)
+    noisy = np.clip(0.3 + 0.4 * region + np.random.default_rng(2).normal(0, 0.3, len(rows)), 0, 1)
+    validation = PatchPredictions(noisy.astype(np.float32), region, table.patient, table.x, table.y)
+    choice = slide_context.choose_sigma(validation)
+    assert choice.sigma > 0
+    assert choice.validation_roc_auc[choice.sigma] > choice.validation_roc_auc[0.0]
+
+
+def test_neighbour_fraction_counts_the_four_grid_neighbours():
+    x = np.array([1, 51, 1, 201], np.int32)
+    y = np.array([1, 1, 51, 201], np.int32)
+    table = PatchPredictions(
+        np.zeros(4, np.float32), np.zeros(4, np.int32), np.zeros(4, np.int32), x, y
+    )
+    np.testing.assert_array_equal(slide_context.neighbour_fraction(table), [0.5, 0.25, 0.25, 0.0])
