@@ -93,3 +93,66 @@ def choose_sigma(validation: PatchPredictions, sigmas: Sequence[float] = SIGMAS)
     sigma = min(s for s, v in scores.items() if v == best)
     threshold = metrics.best_threshold(validation.label, smooth_on_grid(validation, sigma))
     return SigmaChoice(sigma, threshold, scores)
+
+
+# ----------------------------------------------------------------------------- learned stage
+
+# The scales a learned second stage reads: the patch itself, its neighbours, its region.
+CONTEXT_SIGMAS = (1.0, 2.0, 4.0)
+_EPS = 1e-6
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, np.float64), _EPS, 1.0 - _EPS)
+    return np.log(p) - np.log1p(-p)
+
+
+def context_features(table: PatchPredictions) -> np.ndarray:
+    """[N, 5] per patch: logit of its P(IDC), of its smoothed P(IDC) at each of CONTEXT_SIGMAS,
+    and the fraction of its 4 grid neighbours present (how much context there is)."""
+    columns = [_logit(table.p_idc)]
+    columns += [_logit(smooth_on_grid(table, s)) for s in CONTEXT_SIGMAS]
+    columns.append(neighbour_fraction(table))
+    return np.stack(columns, axis=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class ContextModel:
+    """Logistic regression over `context_features`: a second stage that reads the slide grid."""
+
+    weights: np.ndarray  # [features]
+    bias: float
+
+    def predict(self, table: PatchPredictions) -> np.ndarray:
+        z = context_features(table) @ self.weights + self.bias
+        return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
+
+
+def fit_logistic_regression(
+    features: np.ndarray, labels: np.ndarray, l2: float = 1.0, iterations: int = 50
+) -> tuple[np.ndarray, float]:
+    """(weights, bias) minimising the mean log loss + l2 / (2 N) * |weights|^2, by Newton steps.
+
+    Written out (a dozen lines of IRLS) rather than taken from scikit-learn, which the project
+    keeps as the tests' independent reference, not a run-time dependency.
+    """
+    x = np.concatenate([np.asarray(features, np.float64), np.ones((len(features), 1))], axis=1)
+    y = np.asarray(labels, np.float64)
+    penalty = np.full(x.shape[1], l2)
+    penalty[-1] = 0.0  # the bias is not shrunk
+    beta = np.zeros(x.shape[1])
+    for _ in range(iterations):
+        p = 1.0 / (1.0 + np.exp(-(x @ beta)))
+        gradient = x.T @ (p - y) + penalty * beta
+        hessian = (x * (p * (1 - p))[:, None]).T @ x + np.diag(penalty)
+        step = np.linalg.solve(hessian, gradient)
+        beta -= step
+        if np.max(np.abs(step)) < 1e-10:
+            break
+    return beta[:-1], float(beta[-1])
+
+
+def fit_context_model(table: PatchPredictions, l2: float = 1.0) -> ContextModel:
+    """The second stage fitted on `table`: patients the patch network never trained on."""
+    weights, bias = fit_logistic_regression(context_features(table), table.label, l2)
+    return ContextModel(weights, bias)

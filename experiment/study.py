@@ -164,10 +164,19 @@ def _context_section(methods: list[Scored]) -> list[str]:
         choice = slide_context.choose_sigma(method.validation)
         widths.append(f"`{method.name}`: sigma {choice.sigma:g}")
         smoothed = method.test.with_p_idc(slide_context.smooth_on_grid(method.test, choice.sigma))
+        learned = slide_context.fit_context_model(method.validation)
+        learned_threshold = metrics.best_threshold(
+            method.validation.label, learned.predict(method.validation)
+        )
         on_slides = np.isin(method.test.patient, slides)
         for label, table, threshold in (
             ("patch only", method.test, method.threshold),
             (f"smoothed, sigma {choice.sigma:g}", smoothed, choice.threshold),
+            (
+                "learned second stage",
+                method.test.with_p_idc(learned.predict(method.test)),
+                learned_threshold,
+            ),
         ):
             rows.append([f"`{method.name}`", label, "all", *metric_cells(table, threshold)])
             if on_slides.any() and not on_slides.all():
@@ -184,6 +193,12 @@ def _context_section(methods: list[Scored]) -> list[str]:
         + ", ".join(f"{s:g}" for s in slide_context.SIGMAS)
         + " patches. Chosen: "
         + "; ".join(widths)
+        + ". The learned second stage is a logistic regression over the patch's logit, its "
+        "smoothed logits at sigma "
+        + ", ".join(f"{s:g}" for s in slide_context.CONTEXT_SIGMAS)
+        + " and the fraction of its grid neighbours present, fitted on the validation "
+        "patients' P(IDC) (patients the patch network never trained on; the training "
+        "patients' P(IDC) are in-sample and too confident to teach it)"
         + f". 'whole slides': the {len(slides)} test patients whose patches have on average at "
         f"least {WHOLE_SLIDE_NEIGHBOURS:.0%} of their 4 grid neighbours present.",
         "",

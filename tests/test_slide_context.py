@@ -73,3 +73,28 @@ def test_neighbour_fraction_counts_the_four_grid_neighbours():
         np.zeros(4, np.float32), np.zeros(4, np.int32), np.zeros(4, np.int32), x, y
     )
     np.testing.assert_array_equal(slide_context.neighbour_fraction(table), [0.5, 0.25, 0.25, 0.0])
+
+
+def test_logistic_regression_matches_scikit_learn():
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(400, 3))
+    labels = (features @ [1.5, -2.0, 0.5] + rng.normal(0, 1, 400) > 0.3).astype(int)
+    weights, bias = slide_context.fit_logistic_regression(features, labels, l2=2.0)
+    # scikit-learn minimises C * sum(log loss) + |w|^2 / 2: C = 1 / l2 is the same objective.
+    reference = LogisticRegression(C=0.5, tol=1e-12, max_iter=10_000).fit(features, labels)
+    np.testing.assert_allclose(weights, reference.coef_[0], rtol=1e-5, atol=1e-7)
+    assert bias == pytest.approx(reference.intercept_[0], rel=1e-5, abs=1e-7)
+
+
+def test_context_model_learns_that_regions_matter():
+    table = scattered_slides(3)
+    rows, cols = (table.y - 1) // 50, (table.x - 1) // 50
+    region = ((rows - 4) ** 2 + (cols - 6) ** 2 < 10).astype(np.int32)
+    noisy = np.clip(0.3 + 0.4 * region + np.random.default_rng(4).normal(0, 0.3, len(rows)), 0, 1)
+    validation = PatchPredictions(noisy.astype(np.float32), region, table.patient, table.x, table.y)
+    model = slide_context.fit_context_model(validation)
+    from trainer import metrics
+
+    assert metrics.roc_auc(region, model.predict(validation)) > metrics.roc_auc(region, noisy)
