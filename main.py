@@ -3,47 +3,37 @@
     python main.py --config=configs/v1.py --workdir=/tmp/idc_v1
     python main.py --config=configs/v2.py --workdir=/tmp/idc_v2 --config.num_epochs=1
 
-Rerunning the same command resumes from the newest checkpoint in --workdir.
+Rerunning the same command resumes from the newest checkpoint in --workdir. A mistake (a
+mistyped config key, a value of the wrong type, a missing config file or download, a workdir in
+use by another run, a resume with another config) ends in one line and exit status 2
+(`trainer/cli.py`).
 """
 
-import logging as std_logging
-import sys
-
-import jax
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
-from input_pipeline.sources import ManualDownloadMissingError
-from trainer import startup, train_and_evaluate
-
-
-class _HideLibraryChatter(std_logging.Filter):
-    """Drops INFO records of orbax (several per checkpoint); warnings and errors pass."""
-
-    def filter(self, record: std_logging.LogRecord) -> bool:
-        return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
-
+from trainer import cli
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and plots.")
+flags.DEFINE_string("workdir", None, "the directory of the run's checkpoints, metrics and plots")
 config_flags.DEFINE_config_file(
-    "config", None, "Training configuration (a file in configs/).", lock_config=True
+    "config", None, "the training configuration, a file in configs/", lock_config=True
 )
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    logging.get_absl_handler().addFilter(_HideLibraryChatter())
+        raise cli.UserError(f"unexpected arguments {argv[1:]}: every setting is a --flag")
+    # Here, not at the top: flag mistakes are reported before JAX loads.
+    import jax  # noqa: PLC0415
+
+    from trainer import config_checks, startup, train_and_evaluate  # noqa: PLC0415
+
+    config_checks.check(FLAGS.config)
     multi_process = startup.start(FLAGS.config)
-    logging.info("Config:\n%s", FLAGS.config)
     try:
         train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    except ManualDownloadMissingError as error:
-        # The user's next step, not a bug: the message says what to download and where.
-        logging.error("%s", error)
-        sys.exit(2)
     except jax.errors.JaxRuntimeError:
         if multi_process:
             logging.error(
@@ -55,4 +45,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

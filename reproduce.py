@@ -43,8 +43,10 @@ import shlex
 import sys
 from collections.abc import Sequence
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
+
+from trainer import cli
 
 REPO = pathlib.Path(__file__).resolve().parent
 
@@ -89,13 +91,33 @@ def chosen_ablations(names: Sequence[str]) -> tuple[dict, ...]:
         return ablations.ABLATIONS
     unknown = sorted(set(names) - set(known))
     if unknown:
-        raise app.UsageError(f"unknown ablations {unknown}; configs/ablations.py has {known}")
+        raise cli.UserError(
+            f"--ablations: unknown {', '.join(unknown)}; configs/ablations.py has "
+            f"{', '.join(known)} (or 'all')"
+        )
     return tuple(a for a in ablations.ABLATIONS if a["name"] in names)
+
+
+def check_flags() -> None:
+    """Refuses model names, seed counts and config files no run can use, before any training."""
+    import mobilenets
+
+    unknown = [name for name in FLAGS.models if name not in mobilenets.ARCHITECTURES]
+    if unknown:
+        raise cli.UserError(
+            f"--models: unknown {', '.join(unknown)}; choose from "
+            f"{', '.join(mobilenets.ARCHITECTURES)}"
+        )
+    if FLAGS.seeds < 1:
+        raise cli.UserError(f"--seeds={FLAGS.seeds}: give at least 1")
+    if FLAGS.best_config and not pathlib.Path(FLAGS.best_config).is_file():
+        raise cli.UserError(f"--best_config={FLAGS.best_config}: no such config file")
 
 
 def experiment_plan():
     from experiment import paper
 
+    check_flags()
     return paper.plan(
         FLAGS.models,
         num_seeds=FLAGS.seeds,
@@ -105,30 +127,49 @@ def experiment_plan():
 
 
 def run_all(base_config, workdir: str | pathlib.Path, planned) -> None:
-    """Trains the planned runs one after the other; finished ones (summary.json) are skipped."""
+    """Trains the planned runs one after the other; finished ones (summary.json) are skipped.
+
+    A line per run says where the experiment stands: `[3/14] training mobilenet_v2_patient`.
+    """
+    import time
+
     from experiment import paper
     from trainer import RunDirectory, train_and_evaluate
 
-    for run in planned:
+    started, trained = time.time(), 0
+    for number, run in enumerate(planned, start=1):
         directory = paper.run_directory(workdir, run)
+        position = f"[{number}/{len(planned)}] {run.name}"
         if RunDirectory(directory).finished():
-            logging.info("%s is finished (summary.json exists): skipped.", directory)
+            logging.info("%s: finished before (summary.json), skipped", position)
             continue
-        logging.info("Training %s in %s.", run.name, directory)
+        elapsed = time.time() - started
+        pace = f"; {elapsed / trained / 60:.0f} min per run so far" if trained else ""
+        logging.info("%s: training in %s%s", position, directory, pace)
         train_and_evaluate(paper.run_config(base_config, run), str(directory))
+        trained += 1
+    logging.info(
+        "%d runs: %d trained now, %d finished before", len(planned), trained, len(planned) - trained
+    )
 
 
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+        raise cli.UserError(f"unexpected arguments {argv[1:]}: every setting is a --flag")
     planned = experiment_plan()
     if not FLAGS.report_only:
-        from trainer import startup
+        from trainer import config_checks, startup
+        from trainer.workdir_lock import WorkdirLock
 
+        config_checks.check(FLAGS.config)
         startup.start(FLAGS.config)
-        run_all(FLAGS.config, FLAGS.workdir, planned)
         import jax
 
+        if jax.process_index() == 0:
+            with WorkdirLock(FLAGS.workdir):
+                run_all(FLAGS.config, FLAGS.workdir, planned)
+        else:
+            run_all(FLAGS.config, FLAGS.workdir, planned)
         if jax.process_index() != 0:
             return
     command = "python reproduce.py " + " ".join(
@@ -136,10 +177,17 @@ def main(argv):
     )
     from experiment import report
 
-    path = report.write_report(FLAGS.workdir, planned, command)
-    print(f"wrote {path}")
+    try:
+        path = report.write_report(
+            FLAGS.workdir, planned, command, redraw_run_curves=FLAGS.report_only
+        )
+    except FileNotFoundError as error:
+        raise cli.UserError(str(error)) from None
+    figures = sorted(p.name for p in path.parent.glob("*.png"))
+    redrawn = ", and each run's curves.png" if FLAGS.report_only else ""
+    print(f"wrote {path.name} and {', '.join(figures)}{redrawn} to {path.parent}")
 
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main)

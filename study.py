@@ -4,9 +4,9 @@ and a learning curve, written to one Markdown report.
     python study.py --workdir=/tmp/real_245 --output=/tmp/real_245/study.md
 
 --workdir holds training runs named as `experiment/study.py` lists them (mobilenet_v1_patient,
-mobilenet_v2_patient, v1_best, v1_patients_0.25, v1_patients_0.5); results/real_245/README.md
-gives the commands that train them. Each run's validation and test P(IDC) are computed once and
-cached in its folder (predictions_<split>.npz).
+mobilenet_v2_patient, v1_class_weights, v1_patients_0.25, v1_patients_0.5);
+results/real_245/README.md gives the commands that train them. Each run's validation and test
+P(IDC) are computed once and cached in its folder (predictions_<split>.npz).
 """
 
 from __future__ import annotations

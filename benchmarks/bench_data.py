@@ -1,8 +1,9 @@
 """The in-memory patch set both benchmark scripts feed: the real sample, tiled (numpy + PIL).
 
-Step times do not depend on pixel values, so to reach the Kaggle set's 277,524 patches the
-benchmarks decode the real patches shipped in data/idc_sample (or the first `base_patches` of
-them) and tile them; `sample_split` returns a note saying so for the results.
+Step times do not depend on pixel values, so to reach the Kaggle set's size
+(`input_pipeline.KAGGLE_PATCHES`, 277,524 patches) the benchmarks decode the real patches shipped
+in data/idc_sample (or the first `base_patches` of them) and tile them; `sample_split` returns a
+note saying so for the results.
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ import numpy as np
 
 from input_pipeline.patches import find_png_files, load_patches, parse_patch_name
 from input_pipeline.sources import EMBEDDED_SAMPLE
-
-KAGGLE_NUM_PATCHES = 277_524
 
 
 @dataclasses.dataclass(frozen=True)

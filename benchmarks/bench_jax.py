@@ -37,25 +37,22 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.metadata
 import os
 import pathlib
-import resource
-import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 BENCH_DIR = pathlib.Path(__file__).resolve().parent
-REPO_ROOT = BENCH_DIR.parent
-sys.path[:0] = [str(REPO_ROOT), str(BENCH_DIR)]
+sys.path[:0] = [str(BENCH_DIR.parent), str(BENCH_DIR)]
 
 import compare  # noqa: E402
+import harness  # noqa: E402
 import jax  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
-from bench_data import KAGGLE_NUM_PATCHES, InMemorySplit, sample_split  # noqa: E402
+from bench_data import InMemorySplit, sample_split  # noqa: E402
 
 import input_pipeline  # noqa: E402
 import mobilenets  # noqa: E402
@@ -67,10 +64,7 @@ from trainer import state as state_lib  # noqa: E402
 from trainer import steps as trainer_steps  # noqa: E402
 from trainer.sharding import Sharding  # noqa: E402
 
-MODELS = ("mobilenet_v1", "mobilenet_v2")
-# The issue's grid. GPU: bfloat16, batch 256 at 224 px and 1024 below; CPU: float32, batch 64.
-GPU_BATCH_FOR_SIZE = {224: 256, 96: 1024, 50: 1024}
-CPU_BATCH = 64
+# The grid (models, sizes, batches) is harness.py's; GPU: bfloat16, CPU: float32 (--dtype auto).
 PAPER_EPOCHS = 5
 PAPER_GOAL_S = 60.0
 
@@ -116,16 +110,16 @@ def compile_trainer_steps(
     """The trainer's state and compiled steps, lowered and compiled ahead of use."""
     training = compiled.build(config, sharding)
     state, jit_train_step, jit_eval_step = training.state, training.train_step, training.eval_step
-    start = time.perf_counter()
-    lowered_train = jit_train_step.lower(state, batch)
-    lowered_eval = jit_eval_step.lower(state, batch) if with_eval else None
-    lower_s = time.perf_counter() - start
-    start = time.perf_counter()
-    compiled_train = lowered_train.compile()
-    compile_train_s = time.perf_counter() - start
-    start = time.perf_counter()
-    compiled_eval = lowered_eval.compile() if with_eval else None
-    compile_eval_s = time.perf_counter() - start
+    (lowered_train, lowered_eval), lower_s = harness.timed(
+        lambda: (
+            jit_train_step.lower(state, batch),
+            jit_eval_step.lower(state, batch) if with_eval else None,
+        )
+    )
+    compiled_train, compile_train_s = harness.timed(lowered_train.compile)
+    compiled_eval, compile_eval_s = harness.timed(
+        lambda: lowered_eval.compile() if with_eval else None
+    )
     return Steps(
         state,
         compiled_train,
@@ -181,40 +175,6 @@ def random_batch(
 
 
 # ----------------------------------------------------------------------------- timing
-
-
-class StepTiming(NamedTuple):
-    median_s: float
-    window_s: list[float]  # seconds per call of each window
-    carry: Any
-    minor_page_faults_per_call: float
-
-
-def median_step_seconds(
-    advance: Callable[[Any], Any], carry: Any, warmup: int, steps: int, window: int
-) -> StepTiming:
-    """Median seconds per call of `carry = advance(carry)` over windows of `window` calls.
-
-    Each window ends with `block_until_ready`, so asynchronous dispatch is timed to completion
-    while calls inside a window overlap host dispatch and device work as a training loop does.
-    Also counts the process's minor page faults per call in the timed windows: XLA:CPU remapping
-    its scratch memory every step shows there (see host_memory.py).
-    """
-    for _ in range(warmup):
-        carry = advance(carry)
-    jax.block_until_ready(carry)
-    per_call = []
-    faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(max(1, steps // window)):
-        start = time.perf_counter()
-        for _ in range(window):
-            carry = advance(carry)
-        jax.block_until_ready(carry)
-        per_call.append((time.perf_counter() - start) / window)
-    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before
-    return StepTiming(
-        statistics.median(per_call), per_call, carry, faults / (len(per_call) * window)
-    )
 
 
 def feeding_rate(
@@ -288,16 +248,16 @@ def benchmark_configuration(
     batch = random_batch(batch_size, sharding, rng)
     steps = compile_trainer_steps(config, sharding, batch)
 
-    train_s, train_windows, state, train_minor_faults = median_step_seconds(
-        lambda state: steps.train_step(state, batch),
-        steps.state,
-        args.warmup,
-        args.steps,
-        args.window,
+    timing = dict(
+        synchronize=jax.block_until_ready, warmup=args.warmup, steps=args.steps, window=args.window
     )
-    eval_s, *_ = median_step_seconds(
-        lambda outputs: steps.eval_step(state, batch), None, args.warmup, args.steps, args.window
+    train = harness.median_step_seconds(
+        lambda state: steps.train_step(state, batch), steps.state, **timing
     )
+    state, train_s = train.carry, train.median_s
+    eval_s = harness.median_step_seconds(
+        lambda outputs: steps.eval_step(state, batch), **timing
+    ).median_s
     epoch = None
     if epoch_split is not None:
         state, epoch = train_epoch(steps.train_step, state, epoch_split, batch_size, sharding, 0)
@@ -306,7 +266,7 @@ def benchmark_configuration(
     )
     row = {
         "framework": "jax",
-        # What "auto" resolves to here: "shifted" on XLA:CPU, "grouped" (cuDNN) elsewhere.
+        # What "auto" resolves to here: "cpu" on XLA:CPU, "reference" (cuDNN) elsewhere.
         "variant": f"nnx, {mobilenets.resolve_implementation(config.model.implementation)} path"
         + (", native CPU kernels" if kernels.active() else ""),
         "model": model,
@@ -316,8 +276,8 @@ def benchmark_configuration(
         "alpha": args.alpha,
         "train_images_per_s": batch_size / train_s,
         "train_step_ms": 1e3 * train_s,
-        "train_step_ms_windows": [1e3 * s for s in train_windows],
-        "train_minor_page_faults_per_step": train_minor_faults,
+        "train_step_ms_windows": [1e3 * s for s in train.window_s],
+        "train_minor_page_faults_per_step": train.minor_page_faults_per_call,
         "eval_images_per_s": batch_size / eval_s,
         "compile_s": steps.compile_s,
         "lower_s": steps.lower_s,
@@ -391,7 +351,8 @@ def paper_experiment(
             }
         )
     train_s = sum(row["train_s"] for row in rows)
-    full_size = len(split) == KAGGLE_NUM_PATCHES and set(args.models) == set(MODELS)
+    whole_set = len(split) == input_pipeline.KAGGLE_PATCHES
+    full_size = whole_set and set(args.models) == set(harness.MODELS)
     summary = {
         "train_s": train_s,
         "wall_s": sum(row["wall_s"] for row in rows),
@@ -405,79 +366,33 @@ def paper_experiment(
 # ----------------------------------------------------------------------------- driver
 
 
-def versions() -> dict[str, str | None]:
-    found = {}
-    for package in ("jax", "jaxlib", "flax", "optax", "numpy", "clu", "ml_collections"):
-        try:
-            found[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            found[package] = None
-    return found
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    on_cpu = jax.default_backend() == "cpu"
-    parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
-    parser.add_argument(
-        "--sizes", nargs="+", type=int, default=[50, 96] if on_cpu else [224, 96, 50]
-    )
-    parser.add_argument(
-        "--batches",
-        nargs="+",
-        type=int,
-        default=None,
-        help="one per size, or one for all (default: 64 on CPU; 256 at 224 px, else 1024)",
+    on_gpu = jax.default_backend() != "cpu"
+    parser = harness.grid_parser(
+        __doc__, on_gpu=on_gpu, cpu_warmup=5, full_epoch_images=input_pipeline.KAGGLE_PATCHES
     )
     parser.add_argument(
         "--dtype", default="auto", help="compute dtype; 'auto': bfloat16 on GPU, float32 on CPU"
     )
-    parser.add_argument("--alpha", type=float, default=1.0, help="width multiplier")
     parser.add_argument(
         "--implementation", default="auto", choices=mobilenets.IMPLEMENTATION_CHOICES
     )
-    parser.add_argument("--steps", type=int, default=5 if on_cpu else 30, help="timed steps")
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--window", type=int, default=1 if on_cpu else 5, help="steps per window")
-    parser.add_argument(
-        "--epoch_images",
-        type=int,
-        default=512 if on_cpu else KAGGLE_NUM_PATCHES,
-        help="patches in the timed whole epoch (0: skip it)",
-    )
-    parser.add_argument("--feed_batches", type=int, default=20 if on_cpu else 100)
-    parser.add_argument(
-        "--base_patches",
-        type=int,
-        default=None,
-        help="real sample patches decoded (default: all); the in-memory sets tile them",
-    )
     parser.add_argument("--paper_experiment", action="store_true")
-    parser.add_argument("--paper_images", type=int, default=KAGGLE_NUM_PATCHES)
+    parser.add_argument("--paper_images", type=int, default=input_pipeline.KAGGLE_PATCHES)
     parser.add_argument(
         "--paper_image_size", type=int, default=default.get_config().preprocess.image_size
     )
     parser.add_argument(
         "--paper_batch_size",
         type=int,
-        default=64 if on_cpu else 1024,
+        default=1024 if on_gpu else 64,
         help="the paper gives none; the config's 64 leaves a GPU idle between steps",
     )
     parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/...)")
-    args = parser.parse_args(argv)
-    if args.batches is None:
-        args.batches = [
-            CPU_BATCH if on_cpu else GPU_BATCH_FOR_SIZE.get(s, 1024) for s in args.sizes
-        ]
-    elif len(args.batches) == 1:
-        args.batches = args.batches * len(args.sizes)
-    if len(args.batches) != len(args.sizes):
-        parser.error("--batches takes one value, or one per --sizes value")
+    args = harness.parse_grid(parser, argv, on_gpu)
     if args.out is None:
         name = "paper_experiment" if args.paper_experiment else "bench_jax"
-        args.out = str(BENCH_DIR / "results" / f"{name}.json")
+        args.out = str(harness.RESULTS_DIR / f"{name}.json")
     return args
 
 
@@ -485,13 +400,15 @@ def run_meta(args: argparse.Namespace, host: dict, notes: list[str]) -> dict[str
     device = jax.local_devices()[0]
     return {
         **host,
-        "device": device.device_kind if device.platform != "cpu" else compare.cpu_model_name(),
+        "device": device.device_kind if device.platform != "cpu" else harness.cpu_model_name(),
         "platform": device.platform,
         "device_count": jax.device_count(),
-        "versions": versions(),
+        "versions": harness.versions(
+            ("jax", "jaxlib", "flax", "optax", "numpy", "clu", "ml_collections")
+        ),
         "compilation_cache_dir": jax.config.jax_compilation_cache_dir,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "timing": f"median of windows of {args.window} steps after {args.warmup} warm-up steps",
+        "timing": harness.timing_note(args.warmup, args.window),
         "notes": notes,
     }
 
@@ -501,7 +418,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     sharding = Sharding.over_all_devices()
     notes: list[str] = []
-    host = compare.host_meta()  # at the start: the load average before the run
+    host = harness.host_meta()  # at the start: the load average before the run
 
     if args.paper_experiment:
         split, note = sample_split(args.paper_images, args.base_patches)

@@ -11,11 +11,12 @@ What a PyTorch user would run instead of this project:
 Like for like with ours: Adam at 1e-4 and softmax cross-entropy; the batch starts as uint8 50x50
 patches on the device, and the step itself scales them to [-1, 1] and resizes them (bilinear) to
 the model's size, as our train step does; input feeding uses the project's own
-`input_pipeline.iterate_batches` and then pinned-memory copies. Timing is the same as bench_jax's:
-the median over windows of `--window` steps after `--warmup` steps, each window closed by a device
-synchronisation. `compile_s` is the first call's time less a steady step (graph capture and
-Inductor code generation under torch.compile; cuDNN autotuning in eager mode); peak memory is
-`torch.cuda.max_memory_allocated` of each configuration alone (null on CPU).
+`input_pipeline.iterate_batches` and then pinned-memory copies. Timing is bench_jax's
+(`harness.median_step_seconds`): the median over windows of `--window` steps after `--warmup`
+steps, each window closed by a device synchronisation. `compile_s` is the first call's time less
+a steady step (graph capture and Inductor code generation under torch.compile; cuDNN autotuning
+in eager mode); peak memory is `torch.cuda.max_memory_allocated` of each configuration alone
+(null on CPU).
 
 torch is optional: without it this script writes a results file that says so and exits 0.
 
@@ -26,25 +27,23 @@ torch is optional: without it this script writes a results file that says so and
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import os
 import pathlib
-import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 BENCH_DIR = pathlib.Path(__file__).resolve().parent
-REPO_ROOT = BENCH_DIR.parent
-sys.path[:0] = [str(REPO_ROOT), str(BENCH_DIR)]
+sys.path[:0] = [str(BENCH_DIR.parent), str(BENCH_DIR)]
 
 # The project's input pipeline imports JAX; it must never take the GPU from PyTorch here.
 os.environ["JAX_PLATFORMS"] = "cpu"
 
 import compare  # noqa: E402
+import harness  # noqa: E402
 import numpy as np  # noqa: E402
-from bench_data import KAGGLE_NUM_PATCHES, sample_split  # noqa: E402
+from bench_data import sample_split  # noqa: E402
 
 import input_pipeline  # noqa: E402
 from input_pipeline.patches import PATCH_SIZE  # noqa: E402
@@ -55,9 +54,6 @@ try:
 except ImportError:  # optional: main() then writes a results file that says so
     torch = None
 
-MODELS = ("mobilenet_v1", "mobilenet_v2")
-GPU_BATCH_FOR_SIZE = {224: 256, 96: 1024, 50: 1024}
-CPU_BATCH = 64
 NUM_CLASSES = 2
 LEARNING_RATE = 1e-4
 
@@ -150,27 +146,6 @@ class TorchTrainer:
             torch.cuda.synchronize(self.device)
 
 
-def median_step_seconds(
-    step: Callable[[], Any], synchronize: Callable[[], None], warmup: int, steps: int, window: int
-) -> tuple[float, list[float], float]:
-    """(median seconds per step over windows, every window's, the first call's seconds)."""
-    start = time.perf_counter()
-    step()
-    synchronize()
-    first_s = time.perf_counter() - start
-    for _ in range(warmup - 1):
-        step()
-    synchronize()
-    per_step = []
-    for _ in range(max(1, steps // window)):
-        start = time.perf_counter()
-        for _ in range(window):
-            step()
-        synchronize()
-        per_step.append((time.perf_counter() - start) / window)
-    return statistics.median(per_step), per_step, first_s
-
-
 def to_device(batch: dict[str, np.ndarray], device) -> tuple[Any, Any]:
     """Host batch -> device tensors (pinned and asynchronous on a GPU, as DataLoader does)."""
     images, labels = torch.from_numpy(batch["image"]), torch.from_numpy(batch["label"]).long()
@@ -229,20 +204,15 @@ def benchmark_configuration(
     images = images.to(torch.uint8).to(trainer.device)
     labels = torch.randint(0, NUM_CLASSES, (batch_size,), generator=generator).to(trainer.device)
 
-    train_s, train_windows, train_first_s = median_step_seconds(
-        lambda: trainer.train_step(images, labels),
-        trainer.synchronize,
-        args.warmup,
-        args.steps,
-        args.window,
+    timing = dict(
+        synchronize=lambda _: trainer.synchronize(),
+        warmup=args.warmup,
+        steps=args.steps,
+        window=args.window,
     )
-    eval_s, _, eval_first_s = median_step_seconds(
-        lambda: trainer.eval_step(images, labels),
-        trainer.synchronize,
-        args.warmup,
-        args.steps,
-        args.window,
-    )
+    train = harness.median_step_seconds(lambda _: trainer.train_step(images, labels), **timing)
+    evaluation = harness.median_step_seconds(lambda _: trainer.eval_step(images, labels), **timing)
+    train_s, eval_s = train.median_s, evaluation.median_s
     epoch = train_epoch(trainer, epoch_split, batch_size) if epoch_split else None
     peak = torch.cuda.max_memory_allocated(trainer.device) if trainer.on_gpu else None
     source = "timm/torchvision" if args.source == "library" else "hand-written"
@@ -256,9 +226,9 @@ def benchmark_configuration(
         "alpha": args.alpha,
         "train_images_per_s": batch_size / train_s,
         "train_step_ms": 1e3 * train_s,
-        "train_step_ms_windows": [1e3 * s for s in train_windows],
+        "train_step_ms_windows": [1e3 * s for s in train.window_s],
         "eval_images_per_s": batch_size / eval_s,
-        "compile_s": max(0.0, train_first_s - train_s) + max(0.0, eval_first_s - eval_s),
+        "compile_s": max(0.0, train.first_s - train_s) + max(0.0, evaluation.first_s - eval_s),
         "peak_memory_bytes": peak,
         **feeding,
         "epoch_images": epoch["images"] if epoch else None,
@@ -267,29 +237,13 @@ def benchmark_configuration(
     }
 
 
-def versions() -> dict[str, str | None]:
-    found = {"torch": torch.__version__}
-    for package in ("torchvision", "timm"):
-        try:
-            found[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            found[package] = None
-    return found
-
-
 def parse_args(argv: Sequence[str] | None, on_gpu: bool) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    parser = harness.grid_parser(
+        __doc__, on_gpu=on_gpu, cpu_warmup=1, full_epoch_images=input_pipeline.KAGGLE_PATCHES
     )
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
-    parser.add_argument(
-        "--sizes", nargs="+", type=int, default=[224, 96, 50] if on_gpu else [50, 96]
-    )
-    parser.add_argument("--batches", nargs="+", type=int, default=None)
     parser.add_argument(
         "--dtype", default="bfloat16" if on_gpu else "float32", choices=("bfloat16", "float32")
     )
-    parser.add_argument("--alpha", type=float, default=1.0)
     parser.add_argument("--source", default="auto", choices=("auto", "library", "handwritten"))
     parser.add_argument(
         "--variants",
@@ -299,36 +253,15 @@ def parse_args(argv: Sequence[str] | None, on_gpu: bool) -> argparse.Namespace:
     )
     parser.add_argument("--no_compile", action="store_true", help="drop the torch.compile variant")
     parser.add_argument("--device", default="cuda" if on_gpu else "cpu")
-    parser.add_argument("--steps", type=int, default=30 if on_gpu else 5)
-    parser.add_argument("--warmup", type=int, default=5 if on_gpu else 1)
-    parser.add_argument("--window", type=int, default=5 if on_gpu else 1)
-    parser.add_argument(
-        "--epoch_images",
-        type=int,
-        default=KAGGLE_NUM_PATCHES if on_gpu else 512,
-        help="patches in the timed whole epoch (0: skip it)",
-    )
-    parser.add_argument("--feed_batches", type=int, default=100 if on_gpu else 20)
-    parser.add_argument(
-        "--base_patches", type=int, default=None, help="real sample patches decoded (default all)"
-    )
-    parser.add_argument("--out", default=str(BENCH_DIR / "results" / "bench_torch.json"))
-    args = parser.parse_args(argv)
+    parser.add_argument("--out", default=str(harness.RESULTS_DIR / "bench_torch.json"))
+    args = harness.parse_grid(parser, argv, on_gpu)
     if args.no_compile:
         args.variants = [v for v in args.variants if v != "compile"]
-    if args.batches is None:
-        args.batches = [
-            GPU_BATCH_FOR_SIZE.get(s, 1024) if on_gpu else CPU_BATCH for s in args.sizes
-        ]
-    elif len(args.batches) == 1:
-        args.batches = args.batches * len(args.sizes)
-    if len(args.batches) != len(args.sizes):
-        parser.error("--batches takes one value, or one per --sizes value")
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    host = compare.host_meta()
+    host = harness.host_meta()
     if torch is None:
         args = parse_args(argv, on_gpu=False)
         compare.write_skipped(args.out, "torch", "torch is not installed")
@@ -350,15 +283,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         batch: feeding_rate(split, batch, device, args.feed_batches) for batch in set(args.batches)
     }
     device_name = (
-        torch.cuda.get_device_name(device) if device.type == "cuda" else compare.cpu_model_name()
+        torch.cuda.get_device_name(device) if device.type == "cuda" else harness.cpu_model_name()
     )
     meta = {
         **host,
         "device": device_name,
         "platform": device.type,
-        "versions": versions(),
+        "versions": {"torch": torch.__version__, **harness.versions(("torchvision", "timm"))},
         "threads": torch.get_num_threads(),
-        "timing": f"median of windows of {args.window} steps after {args.warmup} warm-up steps",
+        "timing": harness.timing_note(args.warmup, args.window),
         "notes": [note],
     }
     rows = []

@@ -20,15 +20,19 @@ one table each.
 
 from __future__ import annotations
 
-import argparse
-import datetime
 import json
 import os
 import pathlib
-import platform
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
+
+import harness
+
+if str(harness.REPO_ROOT) not in sys.path:  # run as a script: the project's packages
+    sys.path.insert(0, str(harness.REPO_ROOT))
+
+from experiment.markdown import markdown_table  # noqa: E402
 
 # The row keys every framework fills (null where unmeasurable), in table order.
 ROW_KEYS = (
@@ -49,29 +53,6 @@ ROW_KEYS = (
 )
 
 # ----------------------------------------------------------------------------- writing
-
-
-def cpu_model_name() -> str:
-    """`lscpu`'s "Model name" (from /proc/cpuinfo), else what `platform` knows."""
-    try:
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def host_meta() -> dict[str, Any]:
-    """Where and when: date, host CPU, cores, load average (other processes distort CPU runs)."""
-    return {
-        "date_utc": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S"),
-        "cpu_model": cpu_model_name(),
-        "cpu_count": os.cpu_count(),
-        "load_average_before": os.getloadavg()[0],
-        "python": platform.python_version(),
-        "argv": sys.argv[1:],
-    }
 
 
 def write_results(
@@ -117,7 +98,7 @@ def write_skipped(path: str | os.PathLike, benchmark: str, reason: str) -> None:
     """A results file that says why a benchmark did not run (so the combined table can say it)."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"benchmark": benchmark, "meta": host_meta(), "rows": [], "skipped": reason}
+    payload = {"benchmark": benchmark, "meta": harness.host_meta(), "rows": [], "skipped": reason}
     path.write_text(json.dumps(payload, indent=2) + "\n")
     print(f"{benchmark}: skipped ({reason}); wrote {path}")
 
@@ -136,12 +117,6 @@ def fmt_number(value: Any, digits: int = 0) -> str:
 
 def fmt_bytes(value: int | None) -> str:
     return "n/a" if value is None else f"{value / 2**30:.2f} GiB"
-
-
-def markdown_table(header: Sequence[str], lines: Iterable[Sequence[str]]) -> str:
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    out += ["| " + " | ".join(line) + " |" for line in lines]
-    return "\n".join(out)
 
 
 def rows_table(rows: Sequence[Mapping]) -> str:
@@ -327,7 +302,7 @@ def combined_markdown(results: Sequence[Mapping]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.argument_parser(__doc__)
     parser.add_argument("results", nargs="+", help="JSON files written by the benchmarks")
     parser.add_argument("--out", help="markdown file to write (else printed only)")
     parser.add_argument("--json_out", help="also write every result, as one JSON list, here")

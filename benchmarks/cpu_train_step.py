@@ -19,19 +19,17 @@ mobilenets/cpu/host_memory.py; bench_jax.py measures the trainer's own step (ben
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import pathlib
 import platform
-import statistics
 import sys
-import time
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
+BENCH_DIR = pathlib.Path(__file__).resolve().parent
+sys.path[:0] = [str(BENCH_DIR.parent), str(BENCH_DIR)]
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import harness  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
@@ -73,18 +71,18 @@ def time_jax(name, size, batch, impl, repeats):
     images = jnp.asarray(rng.uniform(-1, 1, (batch, size, size, 3)), jnp.float32)
     labels = jnp.asarray(rng.integers(0, NUM_CLASSES, batch), jnp.int32)
     step = make_jax_train_step(graphdef, optimizer)
-    start = time.perf_counter()
-    compiled = step.lower(params, model_state, opt_state, images, labels).compile()
-    compile_s = time.perf_counter() - start
-    state = (params, model_state, opt_state)
-    times = []
-    for i in range(repeats + 1):  # the first run pays allocation: not counted
-        start = time.perf_counter()
-        *state, loss = compiled(*state, images, labels)
-        loss.block_until_ready()
-        if i:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3, compile_s
+    compiled, compile_s = harness.timed(
+        lambda: step.lower(params, model_state, opt_state, images, labels).compile()
+    )
+    # The first run pays allocation: not counted.
+    timing = harness.median_step_seconds(
+        lambda outputs: compiled(*outputs[:3], images, labels),
+        (params, model_state, opt_state),
+        synchronize=jax.block_until_ready,
+        warmup=1,
+        steps=repeats,
+    )
+    return timing.median_s * 1e3, compile_s
 
 
 def time_torch(name, size, batch, channels_last, repeats):
@@ -101,16 +99,18 @@ def time_torch(name, size, batch, channels_last, repeats):
         model = model.to(memory_format=torch.channels_last)
         images = images.contiguous(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
-    times = []
-    for i in range(repeats + 1):
-        start = time.perf_counter()
+
+    def train_step(_):
         optimizer.zero_grad(set_to_none=True)
         loss = F.cross_entropy(model(images), labels)
         loss.backward()
         optimizer.step()
-        if i:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+
+    # Eager on the CPU: each call has finished when it returns. The first is not counted.
+    timing = harness.median_step_seconds(
+        train_step, synchronize=lambda _: None, warmup=1, steps=repeats
+    )
+    return timing.median_s * 1e3
 
 
 def result_row(model, size, framework, variant, ms, compile_s=None) -> dict:
@@ -120,7 +120,7 @@ def result_row(model, size, framework, variant, ms, compile_s=None) -> dict:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.argument_parser(__doc__)
     parser.add_argument(
         "--models",
         nargs="+",
@@ -134,7 +134,7 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--impls", nargs="+", default=["cpu", "reference"])
     parser.add_argument("--no-torch", action="store_true")
-    parser.add_argument("--out", default=str(REPO_ROOT / "benchmarks/results/cpu_train_step.json"))
+    parser.add_argument("--out", default=str(harness.RESULTS_DIR / "cpu_train_step.json"))
     args = parser.parse_args(argv)
 
     # Other processes on the machine distort both frameworks (PyTorch's spinning worker threads
@@ -147,7 +147,6 @@ def main(argv=None):
 
             torch.set_num_threads(os.cpu_count())
             torch_version = torch.__version__
-            sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
             sys.modules.setdefault("benchmarks_torch_models", __import__("torch_models"))
         except ImportError:
             print("torch not importable: JAX rows only")

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import os
 import pathlib
-import statistics
 import sys
-import time
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+BENCH_DIR = pathlib.Path(__file__).resolve().parent
+sys.path[:0] = [str(BENCH_DIR.parent), str(BENCH_DIR)]
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import harness  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
@@ -34,13 +34,11 @@ BATCH = 64
 
 
 def median_ms(function, *args, repeats: int = 5) -> float:
-    jax.block_until_ready(function(*args))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(function(*args))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+    """Median ms of `function(*args)` over `repeats` calls after one."""
+    timing = harness.median_step_seconds(
+        lambda _: function(*args), synchronize=jax.block_until_ready, warmup=1, steps=repeats
+    )
+    return timing.median_s * 1e3
 
 
 def passes(conv):
@@ -53,6 +51,7 @@ def passes(conv):
 
 
 def main() -> None:
+    harness.argument_parser(__doc__).parse_args()  # --help; no options
     print(f"batch {BATCH}, float32, 3x3 'SAME', stride 1, ms (median of 5); GFLOP/s of the forward")
     header = f"{'px':>3} {'map':>9} {'form':<6}{'forward':>9}{'input grad':>12}"
     print(f"{header}{'kernel grad':>13}{'GFLOP/s':>9}")

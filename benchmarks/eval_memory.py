@@ -18,9 +18,11 @@ import os
 import pathlib
 import sys
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+BENCH_DIR = pathlib.Path(__file__).resolve().parent
+sys.path[:0] = [str(BENCH_DIR.parent), str(BENCH_DIR)]
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import harness  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
@@ -28,11 +30,11 @@ from flax import nnx  # noqa: E402
 import input_pipeline  # noqa: E402
 import mobilenets  # noqa: E402
 from configs import default  # noqa: E402
+from input_pipeline.patches import PATCH_SIZE  # noqa: E402
 from trainer import steps  # noqa: E402
 
 MODELS = ("mobilenet_v1", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large", "resnet50")
 IMAGE_SIZE = 96
-PATCH_SIZE = 50
 
 
 def one_batch_log_probabilities(model, images, preprocess_config, views):
@@ -58,9 +60,11 @@ def temporary_gib(forward, name: str, config) -> float:
 
 
 def main() -> None:
+    parser = harness.argument_parser(__doc__)
+    parser.add_argument("models", nargs="*", default=list(MODELS), help="networks to measure")
+    models = parser.parse_args().models
     config = default.get_config()
     config.preprocess.image_size = IMAGE_SIZE
-    models = sys.argv[1:] or MODELS
     print(
         f"8-view evaluation forward, batch {config.eval_batch_size}, {IMAGE_SIZE} px, float32, "
         f"{jax.default_backend()}: XLA temporaries, GiB"

@@ -17,32 +17,27 @@ data/idc_sample by default:
 
 from __future__ import annotations
 
-import argparse
 import os
 import pathlib
 import sys
 import tempfile
 import time
 
-import numpy as np
+BENCH_DIR = pathlib.Path(__file__).resolve().parent
+sys.path[:0] = [str(BENCH_DIR.parent), str(BENCH_DIR)]
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+import harness  # noqa: E402
+import numpy as np  # noqa: E402
 
 import input_pipeline  # noqa: E402
 from configs import default  # noqa: E402
 from input_pipeline import dataset, splits  # noqa: E402
 
-REAL_SIZE = 277_524  # patches of the Kaggle set
-
-
-def _timed(fn):
-    start = time.perf_counter()
-    result = fn()
-    return result, time.perf_counter() - start
+REAL_SIZE = input_pipeline.KAGGLE_PATCHES  # rows of the full-size table
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.argument_parser(__doc__)
     parser.add_argument("--manual_dir", default="", help="a Kaggle-layout source (default: sample)")
     parser.add_argument("--data_dir", default=os.path.join(tempfile.gettempdir(), "idc_bench_tfds"))
     parser.add_argument("--batch_size", type=int, default=1024)
@@ -56,10 +51,10 @@ def main() -> None:
         manual_dir=args.manual_dir,
         data_dir=args.data_dir,
     )
-    choice, seconds = _timed(lambda: dataset.prepare(config))
+    choice, seconds = harness.timed(lambda: dataset.prepare(config))
     builder = choice.builder
     rows.append(("prepare (TFDS build or no-op)", f"{seconds:.1f} s", builder.data_dir))
-    table, seconds = _timed(lambda: dataset.load_table(builder, use_cache=False))
+    table, seconds = harness.timed(lambda: dataset.load_table(builder, use_cache=False))
     num = len(table["label"])
     rows.append(
         (
@@ -68,8 +63,8 @@ def main() -> None:
             f"{num / seconds:,.0f} patches/s, {num} patches",
         )
     )
-    _, seconds = _timed(lambda: dataset.load_table(builder))  # writes the cache if absent
-    _, seconds = _timed(lambda: input_pipeline.load_dataset(config))
+    _, seconds = harness.timed(lambda: dataset.load_table(builder))  # writes the cache if absent
+    _, seconds = harness.timed(lambda: input_pipeline.load_dataset(config))
     rows.append(("cached load + patient split", f"{seconds:.2f} s", f"{num} patches"))
 
     # 2. Full-size cached reload, from a tiled 277,524-row .npy table.
@@ -97,7 +92,7 @@ def main() -> None:
             parts = splits.make_splits("patient", patient, label, seed=0)
             return [np.asarray(image[rows]) for rows in (parts.train, parts.validation, parts.test)]
 
-        parts, seconds = _timed(full_reload)
+        parts, seconds = harness.timed(full_reload)
         rows.append(
             (
                 "full-size cached load + split",

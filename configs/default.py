@@ -6,7 +6,12 @@ global-average-pooling + fully connected head on resized images. Everything here
 optional improvements (schedule, weight decay, label smoothing, class weights, augmentation) are
 off. `configs/v1.py` and `configs/v2.py` pick the network (`v3_small.py`, `v3_large.py` and
 `resnet50.py` train newer and larger peers with the same recipe); override any key on the command
-line, e.g. `--config.num_epochs=1`. A mistyped key is an error: the config is locked.
+line, e.g. `--config.num_epochs=1`. A mistyped key is an error: the config is locked, and the
+message names the closest key. Rerunning a workdir resumes it; a resume may change only how the
+run is watched, saved and laid out (num_epochs, log_every_steps, checkpoint_every_steps,
+keep_checkpoints, progress_bar, eval_batch_size, eval_bootstrap_resamples, the data's location,
+model.implementation, distributed.*): `trainer/config_checks.py`, `MAY_CHANGE_ON_RESUME`, lists
+them with the reason for each, and refuses any other change with the keys that differ.
 
 Choices the paper leaves open, and why:
 - image_size 96: the 50x50 patches are resized (bilinear) to 96x96, the smallest input size for
@@ -19,7 +24,7 @@ Choices the paper leaves open, and why:
   each evaluation the BatchNorm statistics are recomputed on 100 training batches, because the
   moving averages Keras evaluates with still hold much of their initial value after a few hundred
   steps; evaluation averages P(IDC) over the 8 dihedral views of each patch.
-  configs/v1.py gives the figures that led to these three choices.
+  results/sample/README.md gives the figures that led to these three choices.
 - data.dataset "auto": the real Kaggle set when it is prepared or its download sits in the manual
   directory, else the real sample shipped in data/idc_sample (the log and summary.json say which
   output).
@@ -60,6 +65,9 @@ def get_config() -> ml_collections.ConfigDict:
             split_seed=0,
             validation_fraction=0.15,
             test_fraction=0.15,
+            # < 1: train on this stratified fraction of the training patients only (learning
+            # curves); validation and test are unchanged.
+            train_patients_fraction=1.0,
             balanced_sampling=False,
         )
     )
@@ -112,6 +120,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.log_every_steps = 20
     config.checkpoint_every_steps = 500
     config.keep_checkpoints = 3
+    # True: a bar per epoch with images/s when stderr is a terminal; in a log file (or False) a
+    # line `step i/n ...: steps/s, images/s, ETA` every log_every_steps steps, at most every 10 s.
     config.progress_bar = True
 
     # Multi-process runs (jax.distributed). Empty/-1: single process, or what the cluster

@@ -9,7 +9,8 @@ split, the paper reports train / validation accuracy 0.819 / 0.743; results/real
 has this recipe on 245 patients under both splits. V2's BatchNorm momentum is 0.999 (Keras): after
 the few hundred steps of a 5-epoch run on a small set its moving averages still hold about half
 their initial values (0.999^725 = 0.48). The default precise-BN recalibration (configs/default.py,
-figures in configs/v1.py) recomputes the statistics from training batches before evaluating.
+figures in results/sample/README.md) recomputes the statistics from training batches before
+evaluating.
 """
 
 from configs import default

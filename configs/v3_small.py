@@ -8,8 +8,9 @@ The network is Keras' `MobileNetV3Small` layer for layer: hard-swish, squeeze-an
 depthwise kernels, and its Keras defaults (dropout 0.2 before the classifier, BatchNorm momentum
 0.999, epsilon 1e-3). At 96 px with 2 classes it has 1,519,906 parameters and a 3x3 final feature
 map. `--config.model.name=mobilenet_v3_small_minimalistic` trains Keras' `minimalistic=True`
-variant (3x3 kernels, ReLU, no squeeze-and-excitation). No accuracy is claimed here: results
-go into the report once measured.
+variant (3x3 kernels, ReLU, no squeeze-and-excitation). What to expect: test ROC AUC 0.904
+[0.86, 0.94] on the 37 test patients of the 245-patient subset (results/real_subset/report.md,
+"Models compared").
 """
 
 from configs import default

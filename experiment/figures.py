@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pathlib
+import textwrap
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -74,6 +75,12 @@ def plot_accuracy_figure(
 PER_PATIENT_METRICS = (("roc_auc", "ROC AUC"), ("balanced_accuracy", "balanced accuracy"))
 
 
+def tick_label(name: str, width: int = 13) -> str:
+    """A label wrapped at spaces into lines of about `width` characters (axis ticks that sit
+    side by side must not run into each other)."""
+    return textwrap.fill(name, width=width, break_long_words=False, break_on_hyphens=False)
+
+
 def _as_floats(values) -> np.ndarray:
     """Numbers as read back from summary.json, where NaN was written as null."""
     return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
@@ -140,7 +147,7 @@ def plot_per_patient_distribution(
     """
     plt = _pyplot()
     fig, axes = plt.subplots(
-        1, len(PER_PATIENT_METRICS), figsize=(4 + 1.5 * len(tables), 4.5), squeeze=False
+        1, len(PER_PATIENT_METRICS), figsize=(3 + 1.8 * len(tables), 4.8), squeeze=False
     )
     jitter = np.random.default_rng(0)  # the same figure every time
     for ax, (key, metric_title) in zip(axes[0], PER_PATIENT_METRICS, strict=True):
@@ -149,7 +156,7 @@ def plot_per_patient_distribution(
             values = _as_floats([row[key] for row in rows])
             patches = np.array([row["patches"] for row in rows], dtype=np.float64)
             shown = ~np.isnan(values)
-            labels.append(f"{name}\n({shown.sum()} of {len(values)})")
+            labels.append(f"{tick_label(name)}\n({shown.sum()} of {len(values)} patients)")
             if shown.any():
                 ax.boxplot(values[shown], positions=[position], widths=0.5, showfliers=False)
             ax.scatter(
@@ -160,7 +167,8 @@ def plot_per_patient_distribution(
             )
         ax.axhline(0.5, color="k", linestyle=":", linewidth=1)
         ax.set_xticks(range(1, len(tables) + 1), labels, fontsize=8)
-        ax.set(ylim=(-0.02, 1.02), ylabel=f"per-patient {metric_title}", title=metric_title)
+        ax.set(ylim=(-0.02, 1.02), ylabel=f"per-patient {metric_title}")
+        ax.set_title(metric_title[0].upper() + metric_title[1:])
         ax.grid(alpha=0.3, axis="y")
     fig.suptitle(title)
     fig.tight_layout()

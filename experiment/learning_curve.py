@@ -1,6 +1,6 @@
 """How test performance grows with the training data, and what a power law says beyond it.
 
-Runs trained on nested, stratified shares of the training patients (config key
+Runs trained on stratified shares of the training patients (drawn independently; config key
 `data.train_patients_fraction`) are scored on the same test patients. The error 1 - ROC AUC is
 fitted by a power law in the number of training patches,
 

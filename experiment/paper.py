@@ -50,7 +50,6 @@ PAPER_ACCURACY = {
     "mobilenet_v2": {"train": 0.819, "validation": 0.743},
 }
 PAPER_EPOCHS = 5
-KAGGLE_PATIENTS, KAGGLE_PATCHES = 279, 277_524
 # What a run with a config file of its own takes from the experiment's base config: where the
 # data are and how to run, not what to train.
 RUNTIME_KEYS = (

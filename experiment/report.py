@@ -21,10 +21,11 @@ from experiment.markdown import (
 from experiment.paper import (
     MODEL_TITLES,
     PAPER_MODELS,
+    SPLIT_TITLES,
     PlannedRun,
     load_runs,
 )
-from trainer.rundir import Run
+from trainer.rundir import Run, RunDirectory
 
 FIGURES = {"mobilenet_v1": "fig2_mobilenet_v1.png", "mobilenet_v2": "fig3_mobilenet_v2.png"}
 RELIABILITY_FIGURE = "reliability.png"
@@ -58,6 +59,20 @@ def _calibration_bins(runs: Mapping[str, Run], chosen: Sequence[PlannedRun]) -> 
     return ", ".join(str(b) for b in bins)
 
 
+def display_name(run: PlannedRun) -> str:
+    """A run as a figure names it: the network's name, and what sets the run apart."""
+    if run.group == "best":
+        return f"best recipe (seed {run.seed})"
+    if run.group == "ablation":
+        return f"MobileNetV1, {run.name.removeprefix('ablation_')}"
+    name = run.title
+    if run.split != "patient":
+        name += f", {SPLIT_TITLES.get(run.split, run.split)}"
+    if run.seed:
+        name += f" (seed {run.seed})"
+    return name
+
+
 def _group(planned: Sequence[PlannedRun], group: str) -> list[PlannedRun]:
     return [run for run in planned if run.group == group]
 
@@ -74,7 +89,8 @@ def render_report(
         "",
     ]
     if command:
-        parts += ["Regenerate with:", "", "```bash", command, "```", ""]
+        preparation = tables.data_preparation(paper_v1.summary)
+        parts += ["Regenerate with:", "", "```bash", *preparation, command, "```", ""]
     parts += [
         'Paper: "Study for Performance of MobileNetV1 and MobileNetV2 Based on Breast Cancer" '
         "(Adam 1e-4, 5 epochs, cross-entropy, global average pooling and a dense layer, on the "
@@ -288,21 +304,35 @@ def _calibration_section(runs, planned) -> list[str]:
 
 
 def write_report(
-    workdir: str | pathlib.Path, planned: Sequence[PlannedRun], command: str | None = None
+    workdir: str | pathlib.Path,
+    planned: Sequence[PlannedRun],
+    command: str | None = None,
+    *,
+    redraw_run_curves: bool = False,
 ) -> pathlib.Path:
-    """Writes <workdir>/report.md and its figures from the finished runs of the plan."""
+    """Writes <workdir>/report.md and its figures from the finished runs of the plan.
+
+    `redraw_run_curves`: also draw each run's curves.png again from its history.csv (after a
+    change to that figure).
+    """
     workdir = pathlib.Path(workdir)
     runs = load_runs(workdir, planned)
+    if redraw_run_curves:
+        for run in runs.values():
+            RunDirectory(run.directory).redraw_curves()
     for number, model in enumerate(PAPER_MODELS, start=2):
         figures.plot_accuracy_figure(workdir / FIGURES[model], model, runs, figure_number=number)
     chosen = _calibration_runs(planned)
     figures.plot_reliability_diagram(
         workdir / RELIABILITY_FIGURE,
-        [(run.name, runs[run.name].summary["test_calibration"]) for run in chosen],
+        [(display_name(run), runs[run.name].summary["test_calibration"]) for run in chosen],
     )
     figures.plot_per_patient_distribution(
         workdir / PER_PATIENT_FIGURE,
-        [(run.name, runs[run.name].summary["test_per_patient"]["patients"]) for run in chosen],
+        [
+            (display_name(run), runs[run.name].summary["test_per_patient"]["patients"])
+            for run in chosen
+        ],
     )
     path = workdir / "report.md"
     path.write_text(render_report(runs, planned, command))

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import math
+import pathlib
 import statistics
 from collections.abc import Mapping, Sequence
 
 from experiment.markdown import fmt, fmt_duration, fmt_interval, fmt_signed, plural
 from experiment.paper import (
-    KAGGLE_PATCHES,
-    KAGGLE_PATIENTS,
     MODEL_TITLES,
     PAPER_ACCURACY,
     PAPER_MODELS,
@@ -17,6 +17,7 @@ from experiment.paper import (
     SPLITS,
     PlannedRun,
 )
+from input_pipeline import KAGGLE_PATCHES, KAGGLE_PATIENTS
 from trainer.rundir import Run
 
 INTERVAL_METRICS = (("roc_auc", "ROC AUC"), ("balanced_accuracy", "balanced acc."), ("f1", "F1"))
@@ -256,16 +257,56 @@ def recipe(summary: Mapping, config) -> str:
     )
 
 
+# The 245-patient data behind results/real_subset, which data/make_idc_245.py rebuilds from the
+# Kaggle download: its parts' counts, to recognise a run trained on one of them.
+IDC_245_MANIFEST = pathlib.Path(__file__).resolve().parents[1] / "data/idc_245/manifest.json"
+IDC_245_REBUILD = (
+    "python data/make_idc_245.py --kaggle=~/Downloads/archive.zip  # the Kaggle download (or its "
+    "folder)"
+)
+
+
+def idc_245_part(summary: Mapping) -> str | None:
+    """'subset' or 'slides' when the run's data are that part of data/idc_245, else None."""
+    if summary.get("dataset") != "kaggle_idc" or not IDC_245_MANIFEST.is_file():
+        return None
+    counts = summary["data_info"]["counts"].values()
+    held = (
+        sum(part["patches"] for part in counts),
+        sum(part["patients"] for part in counts),
+        sum(part["positives"] for part in counts),
+    )
+    for name, part in json.loads(IDC_245_MANIFEST.read_text()).items():
+        if held == (part["patches"], part["patients"], part["idc_patches"]):
+            return name
+    return None
+
+
+def data_name(summary: Mapping) -> str:
+    """The data set a run trained on, by name (never by the folder it sat in)."""
+    if summary["dataset"] == "idc_sample":
+        return "the real sample shipped in `data/idc_sample`"
+    part = idc_245_part(summary)
+    if part is not None:
+        return (
+            f"the 245-patient data of `data/idc_245/{part}` (`data/make_idc_245.py` rebuilds it "
+            "from the Kaggle download)"
+        )
+    return f"`{summary['dataset']}`, the Kaggle set or a part of it"
+
+
+def data_preparation(summary: Mapping) -> list[str]:
+    """The command(s) that make the run's data from the Kaggle download, before reproduce.py."""
+    return [IDC_245_REBUILD] if idc_245_part(summary) is not None else []
+
+
 def data_statement(summary: Mapping) -> str:
     """What the runs trained and were tested on, against the whole Kaggle set."""
     counts = summary["data_info"]["counts"].values()
     patients = sum(part["patients"] for part in counts)
     patches = sum(part["patches"] for part in counts)
-    name = {"idc_sample": "the real sample shipped in `data/idc_sample`"}.get(
-        summary["dataset"], f"`{summary['dataset']}` from `{summary['data_source']}`"
-    )
     return (
-        f"**Data: {name}, {patients} of the Kaggle set's {KAGGLE_PATIENTS} patients and "
-        f"{patches:,} of its {KAGGLE_PATCHES:,} patches ({patches / KAGGLE_PATCHES:.1%}).** "
+        f"**Data: {data_name(summary)}, {patients} of the Kaggle set's {KAGGLE_PATIENTS} patients "
+        f"and {patches:,} of its {KAGGLE_PATCHES:,} patches ({patches / KAGGLE_PATCHES:.1%}).** "
         "The paper used every patch."
     )

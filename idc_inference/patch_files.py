@@ -12,22 +12,18 @@ import dataclasses
 import math
 import os
 import pathlib
-import time
 from collections.abc import Sequence
 
-import jax
 import numpy as np
 
+from idc_inference import tiles
 from idc_inference.predictor import Predictor
 from input_pipeline.patches import (
-    LoadedPatch,
     PatchName,
     find_png_files,
-    load_patches,
     parse_patch_name,
 )
 from trainer.rundir import RunDirectory
-from trainer.sharding import to_host
 
 CSV_COLUMNS = ("file", "patient", "x", "y", "p_idc", "predicted_label", "true_label")
 
@@ -61,52 +57,33 @@ def predict_files(
     *,
     keep_images: bool = False,
     num_threads: int = 8,
+    progress: bool = False,
 ) -> FilePredictions:
     """Reads and predicts `files` batch by batch; unreadable files are collected, never raised.
 
-    Decoding (threads) overlaps with the device: a batch is dispatched as soon as it is full and
-    fetched only at the end. With `predictor=None` nothing is predicted (p_idc is NaN): the slide
-    maps of the ground truth need only the images.
+    The files go through the same streaming pipeline as a slide's tiles (`idc_inference.tiles`):
+    decoding in threads overlaps the network, batches are dispatched as soon as they are full.
+    With `predictor=None` nothing is predicted (p_idc is NaN): the slide maps of the ground truth
+    need only the images.
     """
-    batch_size = predictor.batch_size if predictor is not None else 256
-    start = time.perf_counter()
-    kept: list[tuple[pathlib.Path, LoadedPatch]] = []
-    errors: list[tuple[pathlib.Path, str]] = []
-    pending: list[tuple[jax.Array, int]] = []
-    batch: list[np.ndarray] = []
-    images: list[np.ndarray] = []
-
-    def flush():
-        if predictor is not None and batch:
-            pending.append((predictor.dispatch(np.stack(batch)), len(batch)))
-        batch.clear()
-
-    for path, patch in load_patches(files, num_threads=num_threads):
-        if patch.error is not None:
-            errors.append((path, patch.error))
-            continue
-        kept.append((path, dataclasses.replace(patch, image=None)))
-        batch.append(patch.image)
-        if keep_images:
-            images.append(patch.image)
-        if len(batch) == batch_size:
-            flush()
-    flush()
-    if predictor is not None:
-        chunks = [to_host(p)[:n] for p, n in pending]
-        p_idc = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
-    else:
-        p_idc = np.full(len(kept), np.nan, np.float32)
-    seconds = time.perf_counter() - start
+    files = list(files)
+    result = tiles.stream(
+        tiles.PngFiles(files),
+        predictor,
+        num_threads=num_threads,
+        keep_images=keep_images,
+        progress=progress,
+    )
+    kept = [files[i] for i in result.indices]
     return FilePredictions(
-        files=[path for path, _ in kept],
-        names=[parse_patch_name(path.name) for path, _ in kept],
-        p_idc=p_idc.astype(np.float32),
-        heights=np.array([p.height for _, p in kept], np.int32),
-        widths=np.array([p.width for _, p in kept], np.int32),
-        errors=errors,
-        seconds=seconds,
-        images=np.stack(images) if keep_images and images else None,
+        files=kept,
+        names=[parse_patch_name(path.name) for path in kept],
+        p_idc=result.p_idc,
+        heights=result.heights,
+        widths=result.widths,
+        errors=[(files[i], reason) for i, reason in result.errors],
+        seconds=result.seconds,
+        images=result.images,
     )
 
 

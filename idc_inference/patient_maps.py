@@ -10,7 +10,8 @@ canvas (`idc_inference.mosaic`). `slide_maps` writes, to its output folder:
 - outcomes.png (with a model and labels): TP red, FN blue, FP amber, TN green;
 - slide_maps.png: the maps side by side, downscaled, with a colour bar and the outcome counts;
 - predictions.csv (with a model), unreadable.txt (files that could not be read or placed) and
-  summary.json (counts, checkpoint step, threshold, TTA, outcome counts, images/s).
+  summary.json (counts, the model's record (`IDCModel.describe`: source, checkpoint, step,
+  threshold, TTA, code version), outcome counts, images/s).
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import pathlib
 import numpy as np
 
 from idc_inference import mosaic, patch_files
-from idc_inference.predictor import Predictor
 from input_pipeline.patches import find_png_files
 from trainer import writers
 
@@ -28,30 +28,32 @@ COLORMAP = "inferno"
 IDC_RED = (0.85, 0.10, 0.10)
 
 
+class PatientFolderError(ValueError):
+    """A folder that gives no slide map: no placeable patch, or patches of several patients."""
+
+
 def slide_maps(
     patient_dir: str | pathlib.Path,
     output_dir: str | pathlib.Path,
     *,
-    workdir: str | pathlib.Path | None = None,
-    checkpoint: str = "latest",
-    tta: bool = False,
-    threshold: str = "0.5",
-    batch_size: int = 256,
+    model=None,
     opacity: float = 0.5,
+    progress: bool = False,
 ) -> dict:
     """Writes the slide maps of the patches under `patient_dir`; returns a summary of what it did.
 
-    Without `workdir` only the mosaic and the ground truth are rendered.
+    `model` is an `idc_inference.model.IDCModel` (`idc_inference.load`): its predictor, threshold
+    and TTA make the P(IDC) and outcome maps, its `describe()` goes into summary.json. Without a
+    model only the mosaic and the ground truth are rendered.
     """
     output_dir = pathlib.Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     files, errors = find_png_files([patient_dir])
-    predictor, step = None, None
-    if workdir is not None:
-        predictor, _, step = Predictor.from_workdir(
-            workdir, checkpoint, batch_size=batch_size, tta=tta
-        )
-    predictions = patch_files.predict_files(predictor, files, keep_images=True)
+    predictor = model.predictor if model is not None else None
+    step = model.step if model is not None else None
+    predictions = patch_files.predict_files(
+        predictor, files, keep_images=True, progress=progress
+    )
     errors += predictions.errors
 
     # Only patches whose names give their slide position can be placed.
@@ -61,12 +63,15 @@ def slide_maps(
             errors.append((path, "file name gives no slide position (x, y)"))
     patients = {n.patient for n in predictions.names if n.patient is not None}
     if len(patients) > 1:
-        raise ValueError(
+        raise PatientFolderError(
             f"{patient_dir} holds patches of {len(patients)} patients ({sorted(patients)[:5]}...); "
             "a slide map needs the folder of one patient"
         )
     if not placeable.any():
-        raise ValueError(f"no patch with a Kaggle-style name (x, y) found under {patient_dir}")
+        raise PatientFolderError(
+            f"no readable patch with a Kaggle-style name (<patient>_idx5_x<X>_y<Y>...png) under "
+            f"{patient_dir}: a slide map places each patch by the x and y of its name"
+        )
     names = [n for n, ok in zip(predictions.names, placeable) if ok]
     images = predictions.images[placeable]
     placement = mosaic.SlidePlacement.from_names(
@@ -98,7 +103,7 @@ def slide_maps(
         panels.append(("ground truth (IDC in red)", truth))
     outcome_counts = None
     if predictor is not None:
-        cut = patch_files.resolve_threshold(threshold, workdir, step)
+        cut = model.threshold
         overlay = mosaic.overlay_patches(
             canvas, placement, mosaic.probability_colours(p_idc, COLORMAP), opacity=opacity
         )
@@ -109,7 +114,8 @@ def slide_maps(
         summary.update(
             checkpoint_step=step,
             threshold=cut,
-            tta=tta,
+            tta=model.tta,
+            model=model.describe(),
             predicted_idc_patches=int(decisions.sum()),
             images_per_second=predictions.images_per_second,
         )
@@ -129,7 +135,7 @@ def slide_maps(
     patch_files.write_errors(output_dir / "unreadable.txt", errors)
     title = f"patient {summary['patient']}: {summary['patches_placed']} patches"
     if step is not None:
-        title += f", {pathlib.Path(workdir).name} step {step}" + (" (8-view TTA)" if tta else "")
+        title += f", {model.name} step {step}" + (" (8-view TTA)" if model.tta else "")
     mosaic.save_slide_figure(
         output_dir / "slide_maps.png",
         panels,

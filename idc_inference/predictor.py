@@ -32,7 +32,6 @@ from input_pipeline.patches import (
     WHITE,
 )
 from trainer import steps
-from trainer.rundir import RunDirectory
 from trainer.sharding import Sharding, to_host
 
 
@@ -96,6 +95,9 @@ class Predictor:
         cls, workdir: str | os.PathLike, which: str = "latest", **kwargs
     ) -> tuple[Predictor, ml_collections.ConfigDict, int]:
         """(predictor, run config, checkpoint step) for the `which` checkpoint of a training run."""
+        # orbax only for a training run's checkpoints: the shipped weights never need it.
+        from trainer.rundir import RunDirectory  # noqa: PLC0415
+
         config, model, step = RunDirectory(workdir).restore_model(which)
         return cls(model, config.preprocess, **kwargs), config, step
 

@@ -17,8 +17,12 @@ from input_pipeline.preprocessing import (
     preprocess,
     random_dihedral,
 )
+from input_pipeline.sources import KAGGLE_PATCH_MPP, KAGGLE_PATCHES, KAGGLE_PATIENTS
 
 __all__ = [
+    "KAGGLE_PATCH_MPP",
+    "KAGGLE_PATCHES",
+    "KAGGLE_PATIENTS",
     "Dataset",
     "DatasetInfo",
     "Split",

@@ -1,10 +1,11 @@
 """Loads a prepared IDC data set into memory and applies a split protocol.
 
-Why in memory: `tfds.data_source` decodes about 2.3k PNG patches per second per core, far below
-the 100k+ images/s a GPU trains at, while the whole set is only 2.1 GB as uint8. So each set is
+Why in memory: `tfds.data_source` decodes PNG patches far slower, per core, than a GPU trains on
+them, while the whole set is small as uint8 (277,524 x 50 x 50 x 3 bytes, 2.1 GB). So each set is
 decoded once (PNG decoding releases the GIL, so a thread per core), cached as .npy files beside the
 prepared TFDS dataset, and later loads read (memory-map) those files. Batches are then gathered
-by index (`input_pipeline.batching`).
+by index (`input_pipeline.batching`). benchmarks/RESULTS.md, section "Input pipeline", has the
+figures; `benchmarks/input_pipeline_bench.py` measures them.
 
 Rows are put in a canonical order (patient, y, x, file name): array_record files are written in a
 hashed order, and the split protocols and the batch order must not depend on it.
@@ -13,11 +14,15 @@ hashed order, and the split protocols and the batch order must not depend on it.
 from __future__ import annotations
 
 import concurrent.futures
+import ctypes
+import ctypes.util
 import dataclasses
 import json
 import logging
+import mmap
 import os
 import pathlib
+import platform
 import shutil
 import tempfile
 from typing import Any
@@ -26,6 +31,7 @@ import ml_collections
 import numpy as np
 
 from input_pipeline import sources
+from input_pipeline.errors import DataError
 from input_pipeline.patches import PATCH_SIZE, Counts, decode_patch
 
 DATASET_NAMES = ("kaggle_idc", "idc_sample")
@@ -51,8 +57,8 @@ class Split:
         return len(self.label)
 
     def take(self, rows: np.ndarray) -> Split:
-        """The rows given, in that order (copies)."""
-        return Split(**{c: np.asarray(getattr(self, c)[rows]) for c in _COLUMNS})
+        """The rows given, in that order (copies; a memory-mapped column is read, not mapped)."""
+        return Split(**{c: _gather(getattr(self, c), rows) for c in _COLUMNS})
 
     @property
     def num_positives(self) -> int:
@@ -132,7 +138,9 @@ def choose(config: ml_collections.ConfigDict) -> Choice:
 
     name = config.dataset
     if name not in ("auto", *DATASET_NAMES):
-        raise ValueError(f"unknown dataset {name!r}; expected 'auto' or one of {DATASET_NAMES}")
+        raise DataError(
+            f"unknown data.dataset {name!r}: choose 'auto' or one of {', '.join(DATASET_NAMES)}"
+        )
     full = builder("full")
     if name == "auto":
         if full.is_prepared():
@@ -146,7 +154,6 @@ def choose(config: ml_collections.ConfigDict) -> Choice:
                 f"the real sample shipped in {sources.EMBEDDED_SAMPLE}"
             )
         name = "kaggle_idc" if name == "auto" else name
-        logging.info("data.dataset=%s", selection)
     else:
         selection = f"data.dataset={name!r}"
     if name == "kaggle_idc":
@@ -156,7 +163,7 @@ def choose(config: ml_collections.ConfigDict) -> Choice:
     sample = builder("sample")
     source_dir = sample.source_dir(manual_dir)
     if not sample.is_prepared() and not sources.find_sources(source_dir):
-        raise FileNotFoundError(
+        raise DataError(
             f"the sample shipped with this repository is missing from {source_dir}: "
             "restore it with `git checkout -- data/idc_sample`"
         )
@@ -191,43 +198,207 @@ def prepare(config: ml_collections.ConfigDict) -> Choice:
             choice = choose(config)
             builder = choice.builder
     if not builder.is_prepared():
+        if found and _source_bytes(found[0]) >= BUILD_IN_CHILD_BYTES:
+            _build_in_child(config)
+            return choose(config)  # a builder that reads what the child wrote
+        # TFDS's own bars (splits, examples, shuffling) would stack on the builder's one.
+        tfds.display_progress_bar(False)
         builder.download_and_prepare(
             download_config=tfds.download.DownloadConfig(manual_dir=str(choice.source_dir))
         )
+        release_freed_memory()  # the build's buffers, before the decoded images take their place
     return choice
 
 
+# Sources at least this large are built in a child process. TFDS's writer holds up to 1 GB of
+# examples, and a process keeps part of what a build allocated (glibc's arenas, TensorFlow
+# Datasets' and array_record's own buffers) after it ends: built in the training process, a
+# full-size build left 0.6 GB behind and the decoding after it peaked at 3.8 GB instead of
+# 2.4 GB. A child gives it all back when it exits (benchmarks/RESULTS.md, "The full-size data
+# set").
+BUILD_IN_CHILD_BYTES = 256 << 20
+
+
+def _source_bytes(source: pathlib.Path) -> int:
+    if source.is_file():
+        return source.stat().st_size
+    return sum(path.stat().st_size for path in source.rglob("*") if path.is_file())
+
+
+def _build_in_child(config: ml_collections.ConfigDict) -> None:
+    """`prepare(config)` in a child process; its errors are raised here, as if made here."""
+    import pickle  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    root = str(pathlib.Path(__file__).resolve().parents[1])
+    with tempfile.TemporaryDirectory(prefix="idc_build_") as exchange:
+        asked, answer = pathlib.Path(exchange, "config.pickle"), pathlib.Path(exchange, "outcome")
+        asked.write_bytes(pickle.dumps(config))
+        code = (
+            f"import sys; sys.path.insert(0, {root!r}); from input_pipeline import dataset; "
+            f"dataset._prepare_and_report({str(asked)!r}, {str(answer)!r})"
+        )
+        child = subprocess.run([sys.executable, "-c", code], check=False)
+        outcome = pickle.loads(answer.read_bytes()) if answer.is_file() else None
+    if outcome is None:
+        raise RuntimeError(
+            f"the process building the data set died (exit code {child.returncode}) before it "
+            "finished; its output above says why"
+        )
+    if isinstance(outcome, BaseException):
+        raise outcome
+
+
+class _ChildFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        prefix = {logging.WARNING: "warning: ", logging.ERROR: "error: "}.get(record.levelno, "")
+        return prefix + record.getMessage()
+
+
+def _prepare_and_report(asked: str, answer: str) -> None:
+    """The child of `_build_in_child`: prepares the pickled config in `asked` and pickles True,
+    or the exception, to `answer`. This module's lines are printed as the programs print them;
+    the libraries' (TFDS logs through absl) only when they are errors."""
+    import pickle  # noqa: PLC0415
+
+    config = pickle.loads(pathlib.Path(asked).read_bytes())
+    handler = logging.StreamHandler()
+    handler.setFormatter(_ChildFormatter())
+    logging.getLogger().addHandler(handler)
+    logging.getLogger().setLevel(logging.INFO)
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    global BUILD_IN_CHILD_BYTES
+    BUILD_IN_CHILD_BYTES = float("inf")  # this process builds
+    try:
+        prepare(config)
+        outcome = True
+    except Exception as error:  # noqa: BLE001 (sent to the parent, which raises it)
+        outcome = error
+    pathlib.Path(answer).write_bytes(pickle.dumps(outcome))
+
+
+def release_freed_memory() -> None:
+    """Returns the heap's free pages to the system (glibc's `malloc_trim`).
+
+    After the TFDS build, or once the decoded images are written to the cache and freed, glibc
+    keeps the freed memory mapped for later allocations, and never gives it back when a CPU
+    training run has set `M_TRIM_THRESHOLD` (mobilenets/cpu/host_memory.py): the process would
+    go on holding the build's buffers beside the data set. Nothing happens off glibc.
+    """
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _gather(column: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """column[rows] as a new array in memory.
+
+    A memory-mapped column (the .npy cache) is read run by run of consecutive rows with plain
+    file reads: indexing the map instead would map every page it touches into this process,
+    doubling its resident memory while the splits are copied out (patients are contiguous in
+    the canonical order, so a patient split reads a few thousand runs).
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    region = _file_region(column)
+    if region is None or len(rows) == 0:
+        return np.asarray(column[rows])
+    filename, offset = region
+    out = np.empty((len(rows), *column.shape[1:]), column.dtype)
+    row_bytes = column.dtype.itemsize * int(np.prod(column.shape[1:], dtype=np.int64))
+    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+    starts = np.concatenate([[0], breaks])
+    ends = np.concatenate([breaks, [len(rows)]])
+    flat = out.reshape(len(rows), -1).view(np.uint8)
+    with open(filename, "rb", buffering=0) as f:
+        for start, end in zip(starts, ends):
+            f.seek(offset + int(rows[start]) * row_bytes)
+            view = memoryview(flat[start:end].reshape(-1))
+            while view:
+                read = f.readinto(view)
+                if not read:
+                    raise OSError(f"{filename} ended early")
+                view = view[read:]
+    return out
+
+
+def _file_region(column: np.ndarray) -> tuple[str, int] | None:
+    """(file, byte offset of row 0) of a C-contiguous array memory-mapped from a file, else None."""
+    mapping = getattr(column, "_mmap", None)
+    if mapping is None or not column.flags.c_contiguous or not column.filename:
+        return None
+    mapped_at = np.frombuffer(mapping, np.uint8).ctypes.data
+    mapping_start = column.offset - column.offset % mmap.ALLOCATIONGRANULARITY
+    return column.filename, mapping_start + (column.ctypes.data - mapped_at)
+
+
+def _permute_rows_in_place(array: np.ndarray, order: np.ndarray) -> None:
+    """array[:] = array[order] with one row of extra memory (cycle by cycle)."""
+    done = np.zeros(len(order), bool)
+    row = np.empty_like(array[0])
+    for first in range(len(order)):
+        if done[first] or order[first] == first:
+            continue
+        row[...] = array[first]
+        at = first
+        while True:
+            done[at] = True
+            source = order[at]
+            if source == first:
+                array[at] = row
+                break
+            array[at] = array[source]
+            at = source
+
+
 def _read_prepared(builder, num_threads: int | None = None) -> dict[str, np.ndarray]:
-    """Reads every record of the prepared "train" split, decoding PNGs on a thread pool."""
+    """Reads every record of the prepared "train" split, decoding PNGs on a thread pool.
+
+    Memory: the decoded images go straight into one preallocated uint8 array, chunk by chunk,
+    and each chunk's PNG bytes are dropped once decoded; the canonical order is then applied to
+    that array in place. The peak is the decoded data plus one chunk, not PNGs + images + a
+    sorted copy (2.5x more on the full set: benchmarks/RESULTS.md, "The full-size data set").
+    """
     import tensorflow_datasets as tfds  # noqa: PLC0415
 
     source = builder.as_data_source(split="train", decoders={"image": tfds.decode.SkipDecoding()})
     num = len(source)
-    columns: dict[str, Any] = {c: [] for c in _COLUMNS}
-    pngs: list[bytes] = []
-    chunk = 8192
-    for start in range(0, num, chunk):
-        for record in source.__getitems__(list(range(start, min(num, start + chunk)))):
-            pngs.append(record["image"])
-            for c in _COLUMNS[1:]:
-                columns[c].append(record[c])
     image = np.empty((num, PATCH_SIZE, PATCH_SIZE, 3), np.uint8)
-
-    def decode_range(bounds: tuple[int, int]) -> None:
-        for i in range(*bounds):  # stored PNGs are whole 50x50 RGB patches: nothing is counted
-            image[i] = decode_patch(pngs[i], Counts())[0]
-
+    numbers = {c: np.empty(num, np.int32) for c in _COLUMNS[1:-1]}
+    file_names: list[str] = []
     workers = num_threads or os.cpu_count() or 1
-    bounds = [(s, min(num, s + 2048)) for s in range(0, num, 2048)]
+    chunk = 2048  # records in flight: their PNGs are the only memory beside the images
+
+    def decode_range(pngs: list[bytes], offset: int, bounds: tuple[int, int]) -> None:
+        for i in range(*bounds):  # stored PNGs are whole 50x50 RGB patches: nothing is counted
+            image[offset + i] = decode_patch(pngs[i], Counts())[0]
+
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        list(pool.map(decode_range, bounds))
-    table = {c: np.asarray(columns[c], np.int32) for c in _COLUMNS[1:-1]}
-    table["file_name"] = np.array(
-        [n.decode() if isinstance(n, bytes) else str(n) for n in columns["file_name"]]
-    )
-    table["image"] = image
+        for start in range(0, num, chunk):
+            records = source.__getitems__(list(range(start, min(num, start + chunk))))
+            pngs = [record["image"] for record in records]
+            for i, record in enumerate(records, start=start):
+                for c in numbers:
+                    numbers[c][i] = record[c]
+                name = record["file_name"]
+                file_names.append(name.decode() if isinstance(name, bytes) else str(name))
+            del records
+            step = -(-len(pngs) // workers)
+            bounds = [(b, min(len(pngs), b + step)) for b in range(0, len(pngs), step)]
+            list(pool.map(lambda b, p=pngs, o=start: decode_range(p, o, b), bounds))
+            del pngs
+            # The chunk's records were read on array_record's threads, into their own glibc
+            # arenas, which keep the freed memory: give it back before the next chunk.
+            release_freed_memory()
+    table = {**numbers, "file_name": np.array(file_names)}
     order = np.lexsort((table["file_name"], table["x"], table["y"], table["patient"]))
-    return {c: table[c][order] for c in _COLUMNS}
+    table = {c: table[c][order] for c in table}
+    _permute_rows_in_place(image, order)
+    table["image"] = image
+    return {c: table[c] for c in _COLUMNS}
 
 
 def load_table(builder, use_cache: bool = True) -> dict[str, np.ndarray]:
@@ -261,6 +432,11 @@ def load_table(builder, use_cache: bool = True) -> dict[str, np.ndarray]:
         except OSError as error:  # a read-only data_dir: keep going without the cache
             logging.warning("could not write the decoded cache to %s: %s", cache, error)
             shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            # The images as every later run gets them, memory-mapped: the decoded copy in memory
+            # is freed before the splits are copied out of the cache (`Split.take`).
+            table["image"] = np.load(cache / "image.npy", mmap_mode="r")
+            release_freed_memory()
     return table
 
 
@@ -285,7 +461,7 @@ def check_splits(protocol: str, splits: dict[str, Split], dataset: str) -> None:
             problems.append(f"{held}: one class is missing")
     if problems:
         train = splits["train"].counts()
-        raise ValueError(
+        raise DataError(
             f"the {protocol!r} split of {dataset} cannot be evaluated: "
             + "; ".join(problems)
             + f" (train: {train['patients']} patients, {train['patches']} patches). Use a data "
@@ -294,10 +470,23 @@ def check_splits(protocol: str, splits: dict[str, Split], dataset: str) -> None:
         )
 
 
+def describe(info: DatasetInfo) -> str:
+    """One line: the data set, why it was chosen, the split protocol and what each part holds."""
+    parts = []
+    for name, counts in info.counts.items():
+        share = counts["positives"] / counts["patches"] if counts["patches"] else 0.0
+        parts.append(
+            f"{name} {counts['patches']:,} patches of {counts['patients']:,} patients "
+            f"({share:.0%} IDC)"
+        )
+    return f"data: {info.name} ({info.selection}), {info.split_protocol} split: " + ", ".join(parts)
+
+
 def load_dataset(config: ml_collections.ConfigDict) -> Dataset:
     """Prepares (if needed), loads and splits the data set described by `config.data`.
 
-    Keys: dataset, data_dir, manual_dir, split, split_seed, validation_fraction, test_fraction
+    Keys: dataset, data_dir, manual_dir, split, split_seed, validation_fraction, test_fraction,
+    train_patients_fraction
     (see configs/default.py). Returns train / validation / test splits in memory.
     """
     from input_pipeline import splits as protocols  # noqa: PLC0415
@@ -314,9 +503,19 @@ def load_dataset(config: ml_collections.ConfigDict) -> Dataset:
         config.validation_fraction,
         config.test_fraction,
     )
+    train_rows, fewer_note = protocols.fewer_training_patients(
+        full.patient,
+        full.label,
+        indices.train,
+        # Configs written before the key existed trained on every training patient.
+        config.get("train_patients_fraction", 1.0),
+        config.split_seed,
+    )
+    if fewer_note:
+        indices = dataclasses.replace(indices, train=train_rows, notes=(*indices.notes, fewer_note))
     split = {name: full.take(getattr(indices, name)) for name in ("train", "validation", "test")}
     if len(split["train"]) == 0:
-        raise ValueError(
+        raise DataError(
             f"the {protocol!r} split left no training patches in {choice.name} "
             f"({'; '.join(indices.notes)})"
         )
@@ -335,7 +534,5 @@ def load_dataset(config: ml_collections.ConfigDict) -> Dataset:
         build_report=dict(metadata.get("build_report", {})),
         data_dir=str(builder.data_dir),
     )
-    logging.info("loaded %s (%s): %s", choice.name, choice.selection, info.counts)
-    for note in info.notes:
-        logging.info("data note: %s", note)
+    logging.info("%s", describe(info))
     return Dataset(split["train"], split["validation"], split["test"], info)

@@ -77,6 +77,19 @@ class KaggleIdc(tfds.core.GeneratorBasedBuilder):
             metadata=tfds.core.MetadataDict(),
         )
 
+    # TFDS prints "Downloading and preparing dataset Unknown size ..." and "... downloaded and
+    # prepared"; nothing is downloaded here, so these two say what happens instead.
+    def _log_download_bytes(self) -> None:
+        logging.info(
+            "preparing the %s data set (%s) in %s, once: later runs read it in seconds",
+            self.name,
+            self.builder_config.name,
+            self.data_dir,
+        )
+
+    def _log_download_done(self) -> None:
+        pass  # the build report (`_generate_examples`) says it all
+
     def source_dir(self, manual_dir: str | pathlib.Path) -> pathlib.Path:
         """Where this config's patches are: the manual directory, or the embedded sample."""
         return EMBEDDED_SAMPLE if self.builder_config.name == "sample" else pathlib.Path(manual_dir)
@@ -95,8 +108,12 @@ class KaggleIdc(tfds.core.GeneratorBasedBuilder):
         report = Counts()
         entries = scan(source, report)
         archive = zipfile.ZipFile(source) if source.suffix.lower() == ".zip" else None
+        from tqdm import tqdm  # noqa: PLC0415
+
+        # On a terminal only (disable=None): a log file gets the report line at the end.
+        progress = tqdm(entries, desc=f"reading {source.name}", unit="patch", disable=None)
         try:
-            for entry in entries:
+            for entry in progress:
                 try:
                     if archive is not None:
                         data = archive.read(entry.member)
@@ -125,8 +142,23 @@ class KaggleIdc(tfds.core.GeneratorBasedBuilder):
                     },
                 )
         finally:
+            progress.close()
             if archive is not None:
                 archive.close()
         # The generator is consumed before TFDS writes the dataset info, so this is saved.
         self.info.metadata["build_report"] = report.to_dict()
-        logging.info("kaggle_idc build report: %s", report.to_dict())
+        logging.info("%s", build_report_line(source, report.to_dict()))
+
+
+def build_report_line(source: pathlib.Path, report: dict[str, int]) -> str:
+    """The build report as a sentence: what was written, and every file skipped or converted."""
+    written = report.get("examples_written", 0)
+    patients = report.get("patients", 0)
+    others = ", ".join(
+        f"{count:,} {reason.replace('_', ' ')}"
+        for reason, count in report.items()
+        if count and reason not in ("examples_written", "patients", "png_files_found")
+    )
+    return f"read {source}: {written:,} patches of {patients:,} patients written" + (
+        f" ({others})" if others else ""
+    )

@@ -13,7 +13,7 @@ The package, in reading order:
   mobilenet_v2.py  the inverted residual with its linear bottleneck and Table 2
   mobilenet_v3.py  squeeze-and-excitation, the bneck block, the Small and Large tables
   resnet.py        ResNet-50: the bottleneck block, its table, stem and max pooling
-  profile.py       parameters, statistics and multiply-adds of a built network
+  counting.py      parameters, statistics and multiply-adds of a built network (`profile`)
   cpu/             the same computation, faster on CPUs (custom gradients, native kernels);
                    registered here as implementation "cpu", never imported by the definitions
 """
@@ -27,6 +27,7 @@ import jax
 from flax import nnx
 
 from mobilenets import cpu as _cpu  # noqa: F401  (registers the "cpu" implementation)
+from mobilenets.counting import Profile, profile_model
 from mobilenets.layers import IMPLEMENTATIONS, ConvBN, make_divisible
 from mobilenets.mobilenet_v1 import MobileNetV1
 from mobilenets.mobilenet_v2 import MobileNetV2
@@ -37,7 +38,6 @@ from mobilenets.mobilenet_v3 import (
     MobileNetV3SmallMinimalistic,
 )
 from mobilenets.network import MobileNet
-from mobilenets.profile import Profile, profile_model
 from mobilenets.resnet import ResNet, ResNet50
 
 # Every network takes the keyword arguments of `network.MobileNet` (ResNet only alpha = 1).

@@ -35,14 +35,20 @@ class DepthwiseSeparable(nnx.Module):
 
     3x3 depthwise (stride `stride`) + BN + ReLU6, then 1x1 pointwise + BN + ReLU6. It costs
     9 * C_in + C_in * C_out multiply-adds per output pixel instead of 9 * C_in * C_out for a full
-    3x3 convolution, 8 to 9 times fewer at these widths. `unit` are `ConvBN`'s keyword options.
+    3x3 convolution, 8 to 9 times fewer at these widths. `unit_kwargs` are `ConvBN`'s keyword
+    arguments.
     """
 
-    def __init__(self, in_features: int, out_features: int, stride: int, **unit):
+    def __init__(self, in_features: int, out_features: int, stride: int, **unit_kwargs):
         self.depthwise = ConvBN(
-            in_features, in_features, kernel_size=3, stride=stride, groups=in_features, **unit
+            in_features,
+            in_features,
+            kernel_size=3,
+            stride=stride,
+            groups=in_features,
+            **unit_kwargs,
         )
-        self.pointwise = ConvBN(in_features, out_features, **unit)
+        self.pointwise = ConvBN(in_features, out_features, **unit_kwargs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.pointwise(self.depthwise(x))

@@ -35,7 +35,7 @@ class InvertedResidual(nnx.Module):
     first block); 3x3 depthwise with the block's stride + BN + ReLU6; 1x1 projection to C_out + BN
     with **no** activation (the linear bottleneck: ReLU on the thin output would zero part of a
     low-dimensional manifold, Sec. 3.2). The identity shortcut adds the input exactly when the
-    shapes agree, stride 1 and C_in == C_out. `unit` are `ConvBN`'s keyword options.
+    shapes agree, stride 1 and C_in == C_out. `unit_kwargs` are `ConvBN`'s keyword arguments.
 
     MobileNetV3 builds its blocks from this one (`mobilenet_v3.Bneck`): `kernel_size` and
     `activation` choose the depthwise kernel and the nonlinearity, and squeeze-and-excitation
@@ -53,11 +53,11 @@ class InvertedResidual(nnx.Module):
         *,
         kernel_size: int = 3,
         activation: str = "relu6",
-        **unit,
+        **unit_kwargs,
     ):
         hidden = make_divisible(in_features * expansion)
         self.expand = (
-            ConvBN(in_features, hidden, activation=activation, **unit)
+            ConvBN(in_features, hidden, activation=activation, **unit_kwargs)
             if hidden != in_features
             else None
         )
@@ -68,12 +68,12 @@ class InvertedResidual(nnx.Module):
             stride=stride,
             groups=hidden,
             activation=activation,
-            **unit,
+            **unit_kwargs,
         )
         # MobileNetV3's squeeze-and-excitation (mobilenet_v3.Bneck) goes here; nnx.data: a slot
         # for a module, not a constant.
         self.squeeze_excite: nnx.Module | None = nnx.data(None)
-        self.project = ConvBN(hidden, out_features, activation=None, **unit)
+        self.project = ConvBN(hidden, out_features, activation=None, **unit_kwargs)
         self.use_shortcut = stride == 1 and in_features == out_features
 
     def __call__(self, x: jax.Array) -> jax.Array:

@@ -98,7 +98,7 @@ class Bneck(InvertedResidual):
     bottleneck, a `kernel_size` depthwise convolution, the row's nonlinearity (`activation`:
     "relu" or "hard_swish") after the expansion and the depthwise convolution, and, where the
     table says so, squeeze-and-excitation on the expanded features before the projection.
-    `unit` are `ConvBN`'s keyword options."""
+    `unit_kwargs` are `ConvBN`'s keyword arguments."""
 
     def __init__(
         self,
@@ -110,7 +110,7 @@ class Bneck(InvertedResidual):
         kernel_size: int,
         activation: str,
         squeeze_excite: bool,
-        **unit,
+        **unit_kwargs,
     ):
         super().__init__(
             in_features,
@@ -119,11 +119,12 @@ class Bneck(InvertedResidual):
             expansion,
             kernel_size=kernel_size,
             activation=activation,
-            **unit,
+            **unit_kwargs,
         )
         if squeeze_excite:
             hidden = self.depthwise.out_features
-            dense = {key: unit[key] for key in ("dtype", "param_dtype", "rngs") if key in unit}
+            shared = ("dtype", "param_dtype", "rngs")
+            dense = {key: unit_kwargs[key] for key in shared if key in unit_kwargs}
             self.squeeze_excite = SqueezeExcite(hidden, make_divisible(hidden * SE_RATIO), **dense)
 
 

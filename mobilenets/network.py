@@ -99,10 +99,11 @@ class Architecture:
         the blocks."""
         return tuple(stage.options for stage in self.stages for _ in range(stage.repeats))
 
-    def blocks(self, unit: dict, alpha: float) -> list[nnx.Module]:
-        """The blocks of the table at width multiplier `alpha`; `unit`: ConvBN's options."""
+    def blocks(self, unit_kwargs: dict, alpha: float) -> list[nnx.Module]:
+        """The blocks of the table at width multiplier `alpha`; `unit_kwargs`: ConvBN's keyword
+        arguments."""
         return [
-            make_block(self.block, config, unit, options)
+            make_block(self.block, config, unit_kwargs, options)
             for config, options in zip(self.block_configs(alpha), self.block_options())
         ]
 
@@ -124,9 +125,9 @@ class Architecture:
 
 
 def make_block(
-    block: type[nnx.Module], config: BlockConfig, unit: dict, options: tuple = ()
+    block: type[nnx.Module], config: BlockConfig, unit_kwargs: dict, options: tuple = ()
 ) -> nnx.Module:
-    """`block(in_features, out_features, stride[, expansion], **options, **unit)`."""
+    """`block(in_features, out_features, stride[, expansion], **options, **unit_kwargs)`."""
     expansion = {} if config.expansion is None else {"expansion": config.expansion}
     return block(
         config.in_features,
@@ -134,7 +135,7 @@ def make_block(
         config.stride,
         **expansion,
         **dict(options),
-        **unit,
+        **unit_kwargs,
     )
 
 
@@ -221,8 +222,8 @@ class Network(nnx.Module):
             rngs=rngs,
         )
 
-    def build(self, unit: dict) -> None:
-        """Builds the layers before the head; `unit` are `ConvBN`'s keyword options."""
+    def build(self, unit_kwargs: dict) -> None:
+        """Builds the layers before the head; `unit_kwargs` are `ConvBN`'s keyword arguments."""
         raise NotImplementedError
 
     def layers(self) -> list[nnx.Module]:
@@ -253,7 +254,7 @@ class MobileNet(Network):
     """A MobileNet classifier: stem, the blocks of its table, optional last 1x1 convolution, head
     (arguments: `Network`'s)."""
 
-    def build(self, unit: dict) -> None:
+    def build(self, unit_kwargs: dict) -> None:
         architecture, alpha = self.architecture, self.alpha
         self.stem = ConvBN(
             3,
@@ -261,13 +262,13 @@ class MobileNet(Network):
             kernel_size=3,
             stride=architecture.stem_stride,
             activation=architecture.activation,
-            **unit,
+            **unit_kwargs,
         )
-        self.blocks = nnx.List(architecture.blocks(unit, alpha))
+        self.blocks = nnx.List(architecture.blocks(unit_kwargs, alpha))
         blocks_out = architecture.block_configs(alpha)[-1].out_features
         last = architecture.last_features(alpha)
         self.last_conv = (
-            ConvBN(blocks_out, last, activation=architecture.activation, **unit)
+            ConvBN(blocks_out, last, activation=architecture.activation, **unit_kwargs)
             if last is not None
             else None
         )

@@ -42,12 +42,14 @@ class Bottleneck(nnx.Module):
     1x1 to `out_features / expansion` channels with the block's stride + BN + ReLU; 3x3 + BN +
     ReLU; 1x1 to `out_features` + BN; plus the shortcut, then ReLU. The shortcut is the input, or
     where the shape changes (stride or channels) a `projection`: a strided 1x1 convolution + BN.
-    `unit` are `ConvBN`'s keyword options; every convolution has a bias.
+    `unit_kwargs` are `ConvBN`'s keyword arguments; every convolution has a bias.
     """
 
-    def __init__(self, in_features: int, out_features: int, stride: int, expansion: int, **unit):
+    def __init__(
+        self, in_features: int, out_features: int, stride: int, expansion: int, **unit_kwargs
+    ):
         width = out_features // expansion
-        conv = dict(use_bias=True, **unit)
+        conv = dict(use_bias=True, **unit_kwargs)
         self.projection = (
             ConvBN(in_features, out_features, stride=stride, activation=None, **conv)
             if stride != 1 or in_features != out_features
@@ -113,7 +115,7 @@ class ResNet(Network):
     (arguments: `Network`'s; `alpha` must be 1, `dropout_rate`, none in Keras, applies before
     the classifier)."""
 
-    def build(self, unit: dict) -> None:
+    def build(self, unit_kwargs: dict) -> None:
         if self.alpha != 1.0:
             raise ValueError(f"ResNet has no width multiplier: alpha must be 1.0, not {self.alpha}")
         self.stem = ConvBN(
@@ -124,10 +126,10 @@ class ResNet(Network):
             padding=3,
             activation="relu",
             use_bias=True,
-            **unit,
+            **unit_kwargs,
         )
         self.pool = MaxPool(window=3, stride=2, padding=1)
-        self.blocks = nnx.List(self.architecture.blocks(unit, self.alpha))
+        self.blocks = nnx.List(self.architecture.blocks(unit_kwargs, self.alpha))
 
     def layers(self) -> list[nnx.Module]:
         """The stem, the pooling and the blocks: what `features` applies, in order."""

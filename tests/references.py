@@ -10,7 +10,7 @@ import numpy as np
 from flax import nnx
 
 import mobilenets
-from mobilenets.profile import count
+from mobilenets.counting import count
 
 
 def same_padding_before(size: int, kernel_size: int, stride: int) -> tuple[int, int]:

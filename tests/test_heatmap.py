@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import idc_inference
 from idc_inference import mosaic, patient_maps
 from input_pipeline.patches import PatchName
 from tests.commands import run_program
 from tests.conftest import EMBEDDED_SAMPLE
-from tests.test_inference import trained_tiny_workdir
+from tests.test_inference import assert_one_line_error, trained_tiny_workdir
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 GRID = 50
@@ -129,7 +130,8 @@ def model_maps(tmp_path_factory):
     assert len(list((folder / "1").glob("*.png"))) > 0 and num_patches > 10
     (folder / "0" / "corrupt.png").write_bytes(b"broken")
     output = tmp_path_factory.mktemp("model_maps")
-    summary = patient_maps.slide_maps(folder, output, workdir=workdir, threshold="validation")
+    model = idc_inference.load(workdir, threshold="validation", batch_size=32)
+    summary = patient_maps.slide_maps(folder, output, model=model)
     return summary, output, num_patches, workdir
 
 
@@ -190,6 +192,67 @@ def test_heatmap_command_labels_only(idc_sample_dir, tmp_path):
     assert read_png(tmp_path / "mosaic.png").shape == (2335, 2791, 3)
 
 
-def test_heatmap_command_needs_a_workdir_or_labels_only(tmp_path):
-    result = run_program("heatmap.py", f"--patient_dir={tmp_path}", f"--output_dir={tmp_path}")
-    assert result.returncode != 0 and "--labels_only" in result.stderr
+def test_the_summary_records_the_model_that_drew_the_maps(model_maps):
+    summary, output, _, workdir = model_maps
+    record = json.loads((output / "summary.json").read_text())["model"]
+    assert record["source"] == "workdir" and record["path"] == str(workdir)
+    assert record["threshold"] == summary["threshold"] and record["tta"] is True
+    assert "validation" in record["threshold_source"] and record["code_version"]["version"]
+
+
+def test_heatmap_command_with_a_run_says_which_model(tmp_path_factory, tmp_path):
+    workdir = trained_tiny_workdir(tmp_path_factory)
+    result = run_program(
+        "heatmap.py",
+        f"--workdir={workdir}",
+        f"--patient_dir={EMBEDDED_SAMPLE / '16166'}",
+        f"--output_dir={tmp_path}",
+        "--notta",
+        "--threshold=0.5",
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"using workdir {workdir}" in result.stdout and "images/s" in result.stdout
+    record = json.loads((tmp_path / "summary.json").read_text())
+    assert record["model"]["tta"] is False and record["threshold"] == 0.5
+
+
+def one_line_error(result) -> str:
+    """The `error: ...` line that ends stderr, after checking exit status 2 and no traceback."""
+    assert_one_line_error(result)
+    return result.stderr.strip().splitlines()[-1]
+
+
+def test_heatmap_command_a_missing_patient_folder_is_one_line(tmp_path):
+    missing = tmp_path / "no_such_patient"
+    result = run_program("heatmap.py", f"--patient_dir={missing}", f"--output_dir={tmp_path}")
+    line = one_line_error(result)
+    assert str(missing) in line and "does not exist" in line
+
+
+def test_heatmap_command_a_folder_without_kaggle_patches_is_one_line(tmp_path):
+    folder = tmp_path / "patient"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("no patches here")
+    result = run_program(
+        "heatmap.py", "--labels_only", f"--patient_dir={folder}", f"--output_dir={tmp_path}"
+    )
+    line = one_line_error(result)
+    assert "no PNG file under" in line and str(folder) in line
+    # A PNG whose name gives no slide position cannot be placed.
+    first = sorted((EMBEDDED_SAMPLE / "16166").rglob("*.png"))[0]
+    (folder / "crop.png").write_bytes(first.read_bytes())
+    result = run_program(
+        "heatmap.py", "--labels_only", f"--patient_dir={folder}", f"--output_dir={tmp_path}"
+    )
+    line = one_line_error(result)
+    assert "no readable patch with a Kaggle-style name" in line and str(folder) in line
+
+
+def test_heatmap_command_a_workdir_that_is_not_a_run_is_one_line(tmp_path):
+    result = run_program(
+        "heatmap.py",
+        f"--workdir={tmp_path}",
+        f"--patient_dir={EMBEDDED_SAMPLE / '16166'}",
+        f"--output_dir={tmp_path / 'out'}",
+    )
+    assert "is not a training run" in one_line_error(result)

@@ -6,6 +6,7 @@ of the sample shipped in data/idc_sample.
 """
 
 import csv
+import json
 import pathlib
 import re
 import shutil
@@ -307,6 +308,88 @@ def test_predict_command_writes_csv_and_prints_throughput(tiny_run, real_folder,
     assert "44 patches predicted" in result.stdout and "images/s" in result.stdout
     assert "1 unreadable" in result.stdout
     assert f"unreadable: {tmp_path / 'nothing_here'}" in result.stderr
+    assert f"using workdir {tiny_run}" in result.stdout
     with output.open(newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 44
+    # The sidecar says which model, checkpoint, threshold and TTA made the CSV, and the counts.
+    record = json.loads(pathlib.Path(f"{output}.json").read_text())
+    summary = json.loads((tiny_run / "summary.json").read_text())
+    model = record["model"]
+    assert model["source"] == "workdir" and model["path"] == str(tiny_run)
+    assert model["step"] == summary["steps"] and model["checkpoint"] == "latest"
+    assert model["threshold"] == pytest.approx(summary["final_validation"]["tuned_threshold"])
+    assert model["tta"] is True  # the run evaluated with eval_tta: the default follows it
+    assert model["code_version"]["version"]
+    assert record["counts"] == {
+        "png_files_found": 44,
+        "predicted": 44,
+        "predicted_idc": sum(int(r["predicted_label"]) for r in rows),
+        "unreadable": 1,
+    }
+    from trainer import metrics  # noqa: PLC0415
+
+    labels = np.array([int(r["true_label"]) for r in rows])
+    p_idc = np.array([float(r["p_idc"]) for r in rows])
+    scores = record["metrics_on_labelled_patches"]
+    assert scores["num_examples"] == 44 and scores["threshold"] == model["threshold"]
+    assert scores["roc_auc"] == pytest.approx(metrics.roc_auc(labels, p_idc), abs=1e-3)
+    assert f"ROC AUC {scores['roc_auc']:.4f}" in result.stdout
+
+
+def assert_one_line_error(result, *fragments: str) -> None:
+    """Exit status 2, no traceback, and stderr ending in one line `error: ...` that holds every
+    fragment (a progress bar may come before it)."""
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert [line for line in lines if "error" in line.lower()] == lines[-1:], result.stderr
+    assert lines[-1].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[-1], (fragment, lines[-1])
+
+
+def test_predict_command_a_mistyped_folder_is_one_line_and_exit_2(tmp_path):
+    output = tmp_path / "preds.csv"
+    missing = tmp_path / "idc_sampel" / "9226"
+    result = run_program("predict.py", f"--output={output}", str(missing))
+    assert_one_line_error(result, "no such file or folder", str(missing))
+    assert not output.exists()
+    (tmp_path / "empty").mkdir()
+    result = run_program("predict.py", f"--output={output}", str(tmp_path / "empty"))
+    assert_one_line_error(result, "no PNG file found under", str(tmp_path / "empty"))
+
+
+def test_predict_command_nothing_readable_is_exit_2(tiny_run, tmp_path):
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    output = tmp_path / "preds.csv"
+    result = run_program(
+        "predict.py", f"--workdir={tiny_run}", f"--output={output}", str(tmp_path / "broken.png")
+    )
+    assert_one_line_error(result, "none of the 1 PNG files could be read", "errors.txt")
+    assert "broken.png\tskipped_corrupt_png" in pathlib.Path(f"{output}.errors.txt").read_text()
+
+
+def test_predict_command_a_workdir_that_is_not_a_run_is_one_line(real_folder, tmp_path):
+    result = run_program(
+        "predict.py", f"--workdir={tmp_path}", f"--output={tmp_path / 'p.csv'}", str(real_folder)
+    )
+    assert_one_line_error(result, str(tmp_path), "is not a training run", "shipped model")
+    result = run_program(
+        "predict.py",
+        f"--workdir={tmp_path / 'weights.safetensors'}",
+        f"--output={tmp_path / 'p.csv'}",
+        str(real_folder),
+    )
+    assert_one_line_error(result, "does not exist")
+
+
+def test_predict_command_a_threshold_out_of_range_is_one_line(tiny_run, real_folder, tmp_path):
+    result = run_program(
+        "predict.py",
+        f"--workdir={tiny_run}",
+        f"--output={tmp_path / 'p.csv'}",
+        "--threshold=1.5",
+        str(real_folder),
+    )
+    assert_one_line_error(result, "[0, 1]", "1.5")

@@ -11,7 +11,6 @@ import shutil
 import statistics
 
 import pytest
-from absl import app
 
 import reproduce
 from configs import ablations, default
@@ -19,6 +18,7 @@ from experiment import paper, report, tables
 from tests.commands import run_program
 from tests.test_inference import trained_tiny_workdir
 from tests.test_train import TINY_OVERRIDES, tiny_config
+from trainer import cli
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PAPER_PLAN = paper.plan()
@@ -138,7 +138,7 @@ def test_ablations_are_chosen_by_name_in_the_files_order_and_a_typo_is_refused()
     assert reproduce.chosen_ablations([]) == ()
     picked = reproduce.chosen_ablations([names[2], names[0]])
     assert [ablation["name"] for ablation in picked] == [names[0], names[2]]
-    with pytest.raises(app.UsageError, match="size_12"):
+    with pytest.raises(cli.UserError, match="size_12"):
         reproduce.chosen_ablations(["size_12"])
 
 
@@ -251,6 +251,35 @@ def test_the_report_states_its_data_against_the_whole_set(report_only_run, tiny_
     patches = sum(part["patches"] for part in counts.values())
     assert patients == 20 and patches == 200  # the tiny real set of conftest.py
     assert "20 of the Kaggle set's 279 patients and 200 of its 277,524 patches (0.1%)" in text
+    # The data set by name, never the folders of the machine it ran on (the command that
+    # regenerates the report names the workdir it was given).
+    summary = json.loads((tiny_run / "summary.json").read_text())
+    assert summary["data_source"] not in text and summary["data_info"]["data_dir"] not in text
+    assert str(tiny_run) not in text
+    assert "make_idc_245.py" not in text  # the tiny set is not the 245-patient data
+
+
+def test_the_245_patient_data_is_named_with_the_command_that_rebuilds_it(tiny_run):
+    manifest = json.loads(tables.IDC_245_MANIFEST.read_text())
+    summary = json.loads((tiny_run / "summary.json").read_text())
+    subset = manifest["subset"]
+    summary["data_info"]["counts"] = {
+        "train": {"patches": subset["patches"] - 200, "patients": 241, "positives": 0},
+        "test": {"patches": 200, "patients": 4, "positives": subset["idc_patches"]},
+    }
+    assert tables.idc_245_part(summary) == "subset"
+    assert "`data/idc_245/subset`" in tables.data_statement(summary)
+    assert tables.data_preparation(summary) == [tables.IDC_245_REBUILD]
+    summary["data_info"]["counts"]["test"]["positives"] -= 1
+    assert tables.idc_245_part(summary) is None and tables.data_preparation(summary) == []
+
+
+def test_figures_name_runs_by_their_network():
+    names = {run.name: report.display_name(run) for run in paper.plan(num_seeds=2, best_config="b")}
+    assert names["mobilenet_v1_patient"] == "MobileNetV1"
+    assert names["mobilenet_v2_random_patch"] == "MobileNetV2, random patch (paper)"
+    assert names["mobilenet_v1_patient_seed1"] == "MobileNetV1 (seed 1)"
+    assert names["best_seed0"] == "best recipe (seed 0)"
 
 
 def test_missing_run_is_named(tiny_run, tmp_path):
@@ -309,7 +338,7 @@ def test_a_resumed_runs_wall_time_names_its_invocations():
     assert cell == "80.5 min (3 invocations)"
 
 
-def test_run_all_trains_only_the_unfinished_run(tiny_run, tmp_path, data_dir):
+def test_run_all_trains_only_the_unfinished_run(tiny_run, tmp_path, data_dir, caplog):
     for run in PAPER_PLAN:
         if run.name != "mobilenet_v1_random_patch":
             copy_run(tiny_run, tmp_path, run)
@@ -317,7 +346,12 @@ def test_run_all_trains_only_the_unfinished_run(tiny_run, tmp_path, data_dir):
         d.name: (d / "summary.json").stat().st_mtime_ns for d in tmp_path.iterdir() if d.is_dir()
     }
     base = tiny_config(data_dir, num_epochs=1)
-    reproduce.run_all(base, tmp_path, PAPER_PLAN)
+    with caplog.at_level("INFO"):
+        reproduce.run_all(base, tmp_path, PAPER_PLAN)
+    # Where the experiment stands, run by run.
+    assert "[1/4] mobilenet_v1_random_patch: training in" in caplog.text
+    assert "[4/4] mobilenet_v2_patient: finished before (summary.json), skipped" in caplog.text
+    assert "4 runs: 1 trained now, 3 finished before" in caplog.text
     after = {name: (tmp_path / name / "summary.json").stat().st_mtime_ns for name in before}
     assert after == before, "finished runs must be skipped"
     trained = tmp_path / "mobilenet_v1_random_patch"

@@ -23,7 +23,9 @@ def test_prior_correction_undoes_balanced_class_weights():
 def fake_run(path, rng, quality, train_patients, train_patches):
     path.mkdir(parents=True)
     counts = {"patches": train_patches, "positives": train_patches // 4, "patients": train_patients}
-    (path / "summary.json").write_text(json.dumps({"data_info": {"counts": {"train": counts}}}))
+    held_out = {"patches": 5_000, "positives": 1_000, "patients": 37}
+    split_counts = {"train": counts, "validation": held_out, "test": held_out}
+    (path / "summary.json").write_text(json.dumps({"data_info": {"counts": split_counts}}))
     for split, num_patients in (("validation", 8), ("test", 10)):
         patient = np.repeat(np.arange(num_patients, dtype=np.int32) + 100, 36)
         cell = np.tile(np.arange(36), num_patients)
@@ -53,7 +55,7 @@ def experiment_dir(tmp_path_factory):
 
 def test_report_scores_every_run_on_its_own_predictions(experiment_dir):
     report = study.render(experiment_dir)
-    assert "Runs not found (skipped): `v1_best`." in report
+    assert "Runs not found (skipped): `v1_class_weights`." in report
     test = np.load(experiment_dir / "mobilenet_v1_patient" / "predictions_test.npz")
     auc = metrics.roc_auc(test["label"], test["p_idc"])
     row = next(line for line in report.splitlines() if line.startswith("| `mobilenet_v1_patient`"))

@@ -17,7 +17,7 @@ import pytest
 from configs import default
 from tests.commands import subprocess_environment
 from tests.references import float32_sum_bound, naive_dense_conv
-from trainer import evaluate, loop, metrics, steps
+from trainer import RunDirectory, evaluate, loop, metrics, steps
 from trainer import state as state_lib
 from trainer import summary as summary_lib
 from trainer.compiled import build as build_training
@@ -188,8 +188,17 @@ def one_epoch_run(tmp_path_factory, data_dir):
 
 def test_main_one_epoch_writes_every_output(one_epoch_run):
     workdir, result = one_epoch_run
-    for name in ("config.json", "metrics.jsonl", "history.csv", "curves.png", "summary.json"):
+    for name in (
+        "config.json",
+        "parameters.txt",
+        "metrics.jsonl",
+        "history.csv",
+        "curves.png",
+        "summary.json",
+    ):
         assert (workdir / name).is_file(), name
+    assert not (workdir / "run.lock").exists(), "the workdir's lock is released at the end"
+    assert "stem/conv/kernel" in (workdir / "parameters.txt").read_text()
     summary = json.loads((workdir / "summary.json").read_text())
     assert summary["dataset"] == "kaggle_idc" and summary["data_selection"] == (
         "data.dataset='kaggle_idc'"
@@ -203,6 +212,51 @@ def test_main_one_epoch_writes_every_output(one_epoch_run):
     _check_test_statistics(summary)
     history = (workdir / "history.csv").read_text().splitlines()
     assert len(history) == 2 and "val_roc_auc" in history[0]
+
+
+def test_main_says_what_matters_in_a_few_lines_and_ends_with_the_test_metrics(one_epoch_run):
+    """The console of a run: the data set and why, the split, the network and its costs, the
+    devices, progress, an epoch line and a closing line; no config dump, no parameter table, no
+    third-party chatter (TPU probe, TFDS notes, orbax, TensorFlow's start-up)."""
+    workdir, result = one_epoch_run
+    lines = (result.stdout + result.stderr).strip().splitlines()
+    assert len(lines) < 15, "\n".join(lines)
+    text = "\n".join(lines)
+    for noise in ("Config:", "libtpu", "dataset_info.json", "oneDNN", "absl::InitializeLog", "| "):
+        assert noise not in text, noise
+    assert any(
+        line.startswith("data: kaggle_idc (data.dataset='kaggle_idc'), patient split: ")
+        for line in lines
+    ), text
+    assert any(
+        line.startswith("model: mobilenet_v1 alpha=0.25 at 32 px, ")
+        and "parameters (parameters.txt)" in line
+        and "1 cpu device" in line
+        for line in lines
+    ), text
+    assert any(line.startswith("epoch 1/1: train loss ") for line in lines), text
+    summary = json.loads((workdir / "summary.json").read_text())
+    interval = summary["test_intervals"]["at_0.5"]["roc_auc"]
+    closing = lines[-1]
+    assert closing.startswith(
+        f"test ROC AUC {summary['test']['roc_auc']:.3f} "
+        f"[{interval['low']:.2f}, {interval['high']:.2f}], balanced accuracy "
+    ), closing
+    assert "at threshold 0.5, 95% intervals over the 3 test patients (30 patches)" in closing
+    assert closing.endswith(
+        "wrote summary.json, history.csv, curves.png, metrics.jsonl, parameters.txt, "
+        f"checkpoints/ to {workdir}"
+    ), closing
+
+
+def test_curves_are_drawn_again_from_the_history(one_epoch_run, tmp_path):
+    workdir, _ = one_epoch_run
+    copy = tmp_path / "run"
+    for name in ("config.json", "history.csv"):
+        (copy / name).parent.mkdir(exist_ok=True)
+        (copy / name).write_bytes((workdir / name).read_bytes())
+    path = RunDirectory(copy).redraw_curves()
+    assert path == copy / "curves.png" and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def _check_test_statistics(summary):
@@ -264,8 +318,11 @@ def test_test_statistics_bootstrap_resamples_as_asked():
 
 def test_mistyped_config_key_is_an_error(tmp_path, data_dir):
     result = run_main(tmp_path, data_dir, "--config.num_epoch=1")
-    assert result.returncode != 0
-    assert "num_epoch" in result.stderr
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: --config.num_epoch: the config has no key 'num_epoch'; did you mean "
+        "--config.num_epochs? (configs/default.py lists every key)"
+    ]
 
 
 @pytest.mark.heavy
@@ -291,7 +348,9 @@ def test_resume_after_sigkill_gives_identical_results(tmp_path, data_dir):
     killed_meta = json.loads((checkpoint_dir / str(killed_at) / "meta" / "metadata").read_text())
     resumed = run_main(resumed_dir, data_dir, *extra)
     assert resumed.returncode == 0, resumed.stderr
-    assert "Resumed from" in resumed.stderr
+    assert f"resumed from the checkpoint of step {killed_at}" in resumed.stderr
+    # The killed run's lock was taken over, and said so.
+    assert "took over" in resumed.stderr and "no longer running" in resumed.stderr
 
     reference_summary = json.loads((reference_dir / "summary.json").read_text())
     resumed_summary = json.loads((resumed_dir / "summary.json").read_text())
@@ -307,8 +366,11 @@ def test_resume_after_sigkill_gives_identical_results(tmp_path, data_dir):
 def test_missing_kaggle_download_says_what_to_do(tmp_path):
     result = run_main(tmp_path / "run", tmp_path / "tfds", "--config.data.dataset=kaggle_idc")
     assert result.returncode == 2
-    assert "kaggle.com/datasets/paultimothymooney/breast-histopathology-images" in result.stderr
-    assert "--config.data.dataset=idc_sample" in result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines[-2].startswith("error: the Kaggle IDC data set is not in "), lines
+    assert "kaggle.com/datasets/paultimothymooney/breast-histopathology-images" in lines[-2]
+    assert "--config.data.dataset=idc_sample" in lines[-1]
 
 
 def test_bn_recalibration_sets_the_average_batch_statistics(compiled, data_dir):

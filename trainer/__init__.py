@@ -4,6 +4,9 @@
     summary = train_and_evaluate(config, workdir)   # what main.py runs
 
 The package, in the order a run uses it:
+  cli.py          the programs' door: flags parsed, one line per user mistake, a quiet console
+  config_checks.py a config refused before it runs: bad values, a resume that changes the run
+  workdir_lock.py one workdir, one run: the lock a live run holds
   startup.py      a program's start-up: multi-process initialisation, host-memory settings
   state.py        the network, optimiser and TrainState a step reads and writes
   steps.py        the jitted pure functions: loss and gradients, train step, eval step
@@ -15,7 +18,7 @@ The package, in the order a run uses it:
   metrics.py      binary-classification metrics of P(IDC) (ROC AUC, balanced accuracy, ...)
   uncertainty.py  bootstrap intervals over patients
   checkpoints.py  orbax checkpoints: the latest k and the best by validation
-  writers.py      scalars to clu / console / metrics.jsonl, history.csv, curves
+  writers.py      scalars to metrics.jsonl / TensorBoard, history.csv, curves, console progress
   rundir.py       the run directory: the files a run writes, and reading them back
 
 Dependencies run one way: the programs, `experiment` (the paper's runs and report) and
@@ -23,7 +26,18 @@ Dependencies run one way: the programs, `experiment` (the paper's runs and repor
 and `input_pipeline`, never the reverse.
 """
 
-from trainer.loop import train_and_evaluate
-from trainer.rundir import Run, RunDirectory
-
 __all__ = ["Run", "RunDirectory", "train_and_evaluate"]
+
+
+def __getattr__(name: str):
+    # Imported on first use, so that `from trainer import cli` (what a program runs before its
+    # flags are parsed) does not load JAX: a mistyped flag is reported in a fraction of a second.
+    if name == "train_and_evaluate":
+        from trainer.loop import train_and_evaluate
+
+        return train_and_evaluate
+    if name in ("Run", "RunDirectory"):
+        from trainer import rundir
+
+        return getattr(rundir, name)
+    raise AttributeError(f"module 'trainer' has no attribute {name!r}")

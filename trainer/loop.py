@@ -6,12 +6,22 @@ curves and a checkpoint. At the end: test metrics at 0.5 and at the threshold tu
 validation, written to summary.json. A run killed at any moment resumes from its newest
 checkpoint and ends with the same files as an uninterrupted one, but for summary.json's
 `wall_time_s` (summed over the invocations) and `invocations`.
+
+Before anything is loaded or compiled: the config is checked (`config_checks.check`), the workdir
+is locked for this run (`workdir_lock`: a second command on it is refused), and a resume whose
+config changes what the run computes is refused with the keys that differ
+(`config_checks.check_resume`). The console gets the start of the run in a few lines (data set
+and why, split, network and its costs, devices; the parameter table goes to parameters.txt),
+progress with images/s, one line per epoch and a closing line with the test metrics.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
+import json
+import sys
 import time
 from collections.abc import Iterator
 
@@ -23,13 +33,15 @@ from clu import parameter_overview
 from jax.experimental import multihost_utils
 
 import input_pipeline
-from trainer import compiled, evaluate, metrics, steps, writers
+from trainer import compiled, config_checks, evaluate, metrics, steps, writers
 from trainer import state as state_lib
 from trainer import summary as summary_lib
 from trainer.checkpoints import BEST_METRIC, Checkpointer
-from trainer.rundir import RunDirectory
+from trainer.cli import UserError
+from trainer.rundir import RunDirectory, curves_title
 from trainer.sharding import Sharding, replicated_to_host
 from trainer.state import TrainState
+from trainer.workdir_lock import WorkdirLock
 
 
 def load_dataset_once(data_config: ml_collections.ConfigDict):
@@ -74,14 +86,72 @@ def log_data_banner(dataset) -> None:
         counts = dataset.info.counts
         patients = sum(part["patients"] for part in counts.values())
         logging.warning(
-            "\n" + "=" * 78 + "\n"
-            f"  DATA: the real sample shipped in data/idc_sample ({patients} patients), not the\n"
-            "  Kaggle set (277,524 patches of 279 patients): its figures are a quickstart's.\n"
-            "  README, 'Using the real Kaggle data', says how to train on the full set.\n"
-            + "=" * 78
+            "this trains on the real sample shipped in data/idc_sample (%d patients), not the "
+            "Kaggle set (277,524 patches of 279 patients): its figures are a quickstart's.\n"
+            "README, 'Using the real Kaggle data', says how to train on the full set.",
+            patients,
         )
     for note in dataset.info.notes:
         logging.warning("data: %s", note)
+
+
+def _devices() -> str:
+    """'1 cpu device', '8 gpu devices (NVIDIA H100) in 2 processes'."""
+    kinds = sorted({device.device_kind for device in jax.devices()})
+    count = jax.device_count()
+    text = f"{count} {jax.default_backend()} device{'s' if count > 1 else ''}"
+    if kinds and kinds != ["cpu"]:
+        text += f" ({', '.join(kinds)})"
+    if jax.process_count() > 1:
+        text += f" in {jax.process_count()} processes"
+    return text
+
+
+def log_run_start(config, rundir: RunDirectory, steps_per_epoch: int) -> None:
+    """The network, its costs, the devices and the length of the run, in two lines."""
+    profile = state_lib.model_profile(config)
+    logging.info(
+        "model: %s alpha=%s at %d px, %s parameters (%s), %.1f M multiply-adds per image; %s, %s",
+        config.model.name,
+        config.model.alpha,
+        config.preprocess.image_size,
+        f"{profile.params:,}",
+        rundir.parameters_file.name,
+        profile.macs / 1e6,
+        _devices(),
+        jax.numpy.dtype(state_lib.compute_dtype(config)).name,
+    )
+    logging.info(
+        "training: %d epoch%s of %s steps of %d images; config.json and checkpoints/ in %s",
+        config.num_epochs,
+        "" if config.num_epochs == 1 else "s",
+        f"{steps_per_epoch:,}",
+        config.global_batch_size,
+        rundir.path,
+    )
+
+
+@contextlib.contextmanager
+def workdir_held_by_this_run(rundir: RunDirectory):
+    """The workdir's lock for the whole run: taken by process 0, which tells the others."""
+    lock = WorkdirLock(rundir.path) if jax.process_index() == 0 else None
+    refusal = None
+    if lock is not None:
+        try:
+            lock.acquire()
+        except UserError as error:
+            refusal = str(error)
+    if jax.process_count() > 1:
+        refused = multihost_utils.broadcast_one_to_all(np.int32(refusal is not None))
+        if refused and refusal is None:
+            refusal = f"{rundir.path} is in use by another run (process 0's log says which)"
+    if refusal is not None:
+        raise UserError(refusal)
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 @dataclasses.dataclass
@@ -129,21 +199,26 @@ class RunContext:
         )
 
 
-def _progress_bar(iterable, total: int, enabled: bool, description: str):
-    if not enabled:
-        return iterable
-    from tqdm import tqdm
-
-    return tqdm(iterable, total=total, desc=description, mininterval=5.0, leave=False)
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains for config.num_epochs, evaluating every epoch; resumes from `workdir` if possible.
 
-    Returns the summary that is also written to `workdir/summary.json`.
+    Returns the summary that is also written to `workdir/summary.json`. Raises `UserError` for
+    a config no run can use, a workdir another run holds, or a resume with another config.
     """
     started = time.time()
+    config_checks.check(config)
     rundir = RunDirectory(workdir)
+    with workdir_held_by_this_run(rundir):
+        resume_changes = []
+        recorded = rundir.recorded_config()
+        if recorded is not None and rundir.has_checkpoint():
+            resume_changes = config_checks.check_resume(str(rundir.path), recorded, config)
+        return _train_and_evaluate(config, rundir, started, resume_changes)
+
+
+def _train_and_evaluate(
+    config: ml_collections.ConfigDict, rundir: RunDirectory, started: float, resume_changes
+) -> dict:
     is_main_process = jax.process_index() == 0
     if is_main_process:
         rundir.create()
@@ -157,10 +232,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         len(dataset.train), config.global_batch_size, drop_remainder=True
     )
     if steps_per_epoch == 0:
-        raise ValueError(
+        raise UserError(
             f"the training split has {len(dataset.train)} examples, fewer than one batch of "
             f"{config.global_batch_size}; lower config.global_batch_size"
         )
+    if is_main_process:
+        log_run_start(config, rundir, steps_per_epoch)
 
     training = compiled.build(
         config, sharding, steps_per_epoch=steps_per_epoch, train_labels=dataset.train.label
@@ -186,7 +263,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         ),
         started=started,
     )
-    state, meta = _start_or_resume(context, state)
+    state, meta = _start_or_resume(context, state, resume_changes)
     context.earlier_wall_time_s = meta.get("wall_time_s", 0.0)
     meta["invocations"] = meta.get("invocations", 0) + 1
     state, meta = _train_epochs(context, state, meta, config.num_epochs * steps_per_epoch)
@@ -198,10 +275,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     context.checkpointer.wait()
     context.checkpointer.close()
     context.writer.close()
+    if is_main_process:
+        files = [
+            path.name + ("/" if path.is_dir() else "")
+            for path in (
+                rundir.summary_file,
+                rundir.history_file,
+                rundir.curves_file,
+                rundir.metrics_file,
+                rundir.parameters_file,
+                rundir.checkpoint_dir,
+            )
+            if path.exists()
+        ]
+        logging.info("%s", writers.closing_line(summary, rundir.path, files))
     return summary
 
 
-def _start_or_resume(context: RunContext, state: TrainState) -> tuple[TrainState, dict]:
+def _start_or_resume(
+    context: RunContext, state: TrainState, resume_changes: list[str]
+) -> tuple[TrainState, dict]:
     """The newest checkpoint's state and record, or the initial ones (config.json written)."""
     config, sharding = context.config, context.sharding
     meta = {"history": [], "data": dataset_description(context.dataset), "images_per_second": []}
@@ -210,27 +303,54 @@ def _start_or_resume(context: RunContext, state: TrainState) -> tuple[TrainState
         abstract_state = jax.tree.map(
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding.replicated), state
         )
+        recorded_counts = _recorded_split_counts(context.checkpointer, latest)
+        if recorded_counts is not None and recorded_counts != meta["data"]["info"]["counts"]:
+            raise UserError(
+                f"{context.rundir.path} holds a run on other data: its splits held "
+                f"{_counts_text(recorded_counts)}, these data give "
+                f"{_counts_text(meta['data']['info']['counts'])}. Use a new --workdir, or "
+                "the data the run started with."
+            )
         state, meta = context.checkpointer.restore(latest, abstract_state)
         if context.is_main_process:
             context.writer.jsonl.truncate_after(latest)
-        logging.info("Resumed from %s at step %d.", context.checkpointer.directory, latest)
+            if resume_changes:
+                context.rundir.write_config(config)
+        spe = context.steps_per_epoch
+        logging.info(
+            "resumed from the checkpoint of step %d (epoch %d/%d, step %d of %d) in %s%s",
+            latest,
+            latest // spe + 1,
+            config.num_epochs,
+            latest % spe,
+            spe,
+            context.checkpointer.directory,
+            f"; changed: {'; '.join(resume_changes)}" if resume_changes else "",
+        )
         return state, meta
     if context.is_main_process:
-        profile = state_lib.model_profile(config)
         context.rundir.write_config(config)
-        parameter_overview.log_parameter_overview(state.params.to_pure_dict())
-        logging.info(
-            "%s alpha=%s at %d px: %s trainable parameters, %s multiply-adds per image.",
-            config.model.name,
-            config.model.alpha,
-            config.preprocess.image_size,
-            f"{profile.params:,}",
-            f"{profile.macs:,}",
+        context.rundir.write_parameters(
+            parameter_overview.get_parameter_overview(state.params.to_pure_dict())
         )
-        context.writer.write_scalars(
-            0, {"devices": jax.device_count()}
-        )
+        context.writer.write_scalars(0, {"devices": jax.device_count()})
     return state, meta
+
+
+def _recorded_split_counts(checkpointer: Checkpointer, step: int) -> dict | None:
+    """The split counts the run recorded in its checkpoint's metadata (no state restored)."""
+    path = checkpointer.directory / str(step) / "meta" / "metadata"
+    try:
+        return json.loads(path.read_text())["data"]["info"]["counts"]
+    except (OSError, KeyError, TypeError, ValueError):
+        return None
+
+
+def _counts_text(counts: dict) -> str:
+    return ", ".join(
+        f"{name} {part['patches']:,} patches of {part['patients']} patients"
+        for name, part in counts.items()
+    )
 
 
 def _train_epochs(
@@ -238,7 +358,14 @@ def _train_epochs(
 ) -> tuple[TrainState, dict]:
     config, spe = context.config, context.steps_per_epoch
     step = int(replicated_to_host(state.step))
-    progress = writers.ProgressReporter(num_train_steps, context.writer, config.log_every_steps)
+    progress = writers.TrainingProgress(
+        num_steps=num_train_steps,
+        steps_per_epoch=spe,
+        num_epochs=config.num_epochs,
+        batch_size=config.global_batch_size,
+        every_steps=config.log_every_steps,
+        bar=config.progress_bar and context.is_main_process and sys.stderr.isatty(),
+    )
     jit_reset_epoch_metrics = jax.jit(
         state_lib.reset_epoch_metrics,
         out_shardings=context.sharding.replicated,
@@ -249,13 +376,8 @@ def _train_epochs(
         if start_batch == 0:
             state = jit_reset_epoch_metrics(state)
         timed_steps, timer_start = 0, None
-        batches = _progress_bar(
-            context.epoch_batches(epoch, start_batch),
-            total=spe - start_batch,
-            enabled=config.progress_bar and context.is_main_process,
-            description=f"epoch {epoch + 1}/{config.num_epochs}",
-        )
-        for local_batch in batches:
+        progress.start_epoch(epoch, start_batch)
+        for local_batch in context.epoch_batches(epoch, start_batch):
             batch = context.sharding.put_batch({k: local_batch[k] for k in steps.BATCH_KEYS})
             state = context.jit_train_step(state, batch)
             step += 1
@@ -265,24 +387,28 @@ def _train_epochs(
                 timer_start = time.perf_counter()
             else:
                 timed_steps += 1
-            progress(step)
             if step % config.log_every_steps == 0:
-                check_finite(state)
+                check_finite(state)  # waits for the step: the progress line's rate is true
                 scalars = {f"train_{k}": v for k, v in epoch_metrics_on_host(state).items()}
                 context.writer.write_scalars(step, scalars)
+            if context.is_main_process:
+                progress.step(step)
             if step % config.checkpoint_every_steps == 0 and step % spe:
                 check_finite(state)
                 context.save_checkpoint(step, state, meta)
         jax.block_until_ready(state.step)
+        progress.end_epoch()
         check_finite(state)
+        images_per_second = None
         if timed_steps:
             elapsed = time.perf_counter() - timer_start
-            meta["images_per_second"].append(timed_steps * config.global_batch_size / elapsed)
-        state, meta = _end_of_epoch(context, state, meta)
+            images_per_second = timed_steps * config.global_batch_size / elapsed
+            meta["images_per_second"].append(images_per_second)
+        state, meta = _end_of_epoch(context, state, meta, images_per_second)
     return state, meta
 
 
-def _end_of_epoch(context: RunContext, state: TrainState, meta: dict):
+def _end_of_epoch(context: RunContext, state: TrainState, meta: dict, images_per_second=None):
     config = context.config
     step = int(replicated_to_host(state.step))
     epoch = step // context.steps_per_epoch
@@ -311,27 +437,14 @@ def _end_of_epoch(context: RunContext, state: TrainState, meta: dict):
     )
     context.writer.flush()
     if context.is_main_process:
-        context.rundir.write_history(meta["history"], _plot_title(config, meta))
+        title = curves_title(config, meta["data"]["dataset"], context.rundir.path.name)
+        context.rundir.write_history(meta["history"], title)
     context.save_checkpoint(
         step, state, meta, metrics={BEST_METRIC: record["val_balanced_accuracy"]}
     )
-    logging.info(
-        "epoch %d: train acc %.4f, val acc %.4f (majority %.4f), val balanced acc %.4f, "
-        "val ROC AUC %.4f",
-        epoch,
-        record["train_accuracy"],
-        record["val_accuracy"],
-        record["val_majority_baseline"],
-        record["val_balanced_accuracy"],
-        record["val_roc_auc"],
-    )
+    if context.is_main_process:
+        logging.info("%s", writers.epoch_line(record, config.num_epochs, images_per_second))
     return state, meta
-
-
-def _plot_title(config, meta) -> str:
-    data = meta["data"]
-    model = f"{config.model.name} alpha={config.model.alpha}"
-    return f"{model}, {data['dataset']}, split={data['split']}"
 
 
 def _final_evaluation(context: RunContext, state: TrainState, meta: dict) -> dict:

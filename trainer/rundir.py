@@ -1,11 +1,13 @@
 """The run directory (`--workdir`): the one place that knows its files and reads them back.
 
     <workdir>/config.json     the resolved config of the run
+             /parameters.txt  the network's parameters: name, shape, size, mean, std per array
              /metrics.jsonl   every scalar logged, one JSON object per line (trainer/writers.py)
-             /history.csv     one row per epoch: train and validation metrics
-             /curves.png      accuracy and loss per epoch (the paper's figures 2 and 3)
+             /history.csv     one row per epoch: train loss and accuracy, validation metrics
+             /curves.png      accuracy, loss, balanced accuracy and ROC AUC per epoch
              /summary.json    test metrics, costs, the data set, written when the run finishes
              /checkpoints/    orbax checkpoints (trainer/checkpoints.py)
+             /run.lock        while a run is in progress (trainer/workdir_lock.py)
 
 Training writes through `RunDirectory`; `predict.py`, `heatmap.py` and `reproduce.py` read
 through it (`RunDirectory.read`, `restore_model`), never by file names of their own.
@@ -52,6 +54,7 @@ class RunDirectory:
     metrics_file = property(lambda self: self.path / "metrics.jsonl")
     history_file = property(lambda self: self.path / "history.csv")
     curves_file = property(lambda self: self.path / "curves.png")
+    parameters_file = property(lambda self: self.path / "parameters.txt")
     summary_file = property(lambda self: self.path / "summary.json")
     checkpoint_dir = property(lambda self: self.path / "checkpoints")
 
@@ -68,6 +71,17 @@ class RunDirectory:
         writers.write_history_csv(self.history_file, history)
         writers.plot_curves(self.curves_file, history, title)
 
+    def write_parameters(self, overview: str) -> None:
+        self.parameters_file.write_text(overview.rstrip("\n") + "\n")
+
+    def redraw_curves(self) -> pathlib.Path:
+        """curves.png again from history.csv and config.json (after a change to the figure)."""
+        history = self.history()
+        dataset = str(history[-1].get("dataset", "")) if history else ""
+        title = curves_title(self.config(), dataset, self.path.name)
+        writers.plot_curves(self.curves_file, history, title)
+        return self.curves_file
+
     def write_summary(self, summary: Mapping) -> None:
         writers.write_json(self.summary_file, summary)
 
@@ -79,6 +93,18 @@ class RunDirectory:
     def finished(self) -> bool:
         """Whether the run ran to its end (it writes summary.json last)."""
         return self.summary_file.is_file()
+
+    def has_checkpoint(self) -> bool:
+        """Whether a finished checkpoint is there (orbax names them by their step)."""
+        return self.checkpoint_dir.is_dir() and any(
+            p.name.isdigit() for p in self.checkpoint_dir.iterdir()
+        )
+
+    def recorded_config(self) -> dict | None:
+        """config.json as written (plain JSON), or None when there is none."""
+        if not self.config_file.is_file():
+            return None
+        return json.loads(self.config_file.read_text())
 
     def config(self) -> ml_collections.ConfigDict:
         """The resolved config the run wrote, locked (a mistyped key is an error)."""
@@ -155,6 +181,13 @@ class RunDirectory:
         )
         model = nnx.merge(eval_graph, state.params, state.batch_stats, state.rng_streams)
         return config, model, step
+
+
+def curves_title(config: ml_collections.ConfigDict, dataset: str, run_name: str = "") -> str:
+    """curves.png's title: the run's directory, network, input size, data set and split."""
+    model = f"{config.model.name} alpha={config.model.alpha} at {config.preprocess.image_size} px"
+    title = f"{model}, {dataset or config.data.dataset}, {config.data.split} split"
+    return f"{run_name}: {title}" if run_name else title
 
 
 def _number(text: str):

@@ -19,8 +19,8 @@ statistics, computed once:
 - PR AUC (average precision): at each distinct score holding an IDC patch, the true and the
   predicted positives at or above it are sums of c_a times per-patient tallies, in integers
   (the one part whose cost grows with the resamples times the distinct scores).
-Measured on 2 shared cores: 2000 resamples take 0.2 s over 3,000 patches of 40 patients, 2 s
-over 50,000 patches of 50 patients (or of 279, as in a random-patch test split).
+How long it takes: benchmarks/RESULTS.md, section "Bootstrap intervals over patients", has the
+figures.
 """
 
 from __future__ import annotations

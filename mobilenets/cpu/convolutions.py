@@ -256,8 +256,9 @@ def dense_conv_as_gemm(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Arra
     """`dense_conv` as one GEMM: the k * k shifted windows stacked along channels (im2col).
 
     XLA:CPU runs a convolution whose feature map is smaller than its kernel, and its input
-    gradient, about 70x slower than this GEMM of the same products (benchmarks/RESULTS.md); on
-    larger maps its own convolution is as fast, and reads k * k times less memory.
+    gradient, far slower than this GEMM of the same products; on larger maps its own convolution
+    is as fast, and reads k * k times less memory (benchmarks/RESULTS.md, section "MobileNetV3
+    and ResNet-50 against PyTorch on the CPU", has the figures of `dense_conv_shapes.py`).
     """
     size = kernel.shape[0]
     batch, _, _, channels = x.shape

@@ -1,12 +1,11 @@
 """Keeps XLA:CPU's per-step scratch memory mapped between steps (Linux, glibc).
 
-XLA:CPU allocates the temporary buffer of each execution with `posix_memalign`: 265 MiB for a
-MobileNetV1 train step at 50 px with batch 64, about 1 GiB at 96 px. With JAX's default
-asynchronous CPU dispatch that happens on one of XLA's worker threads, whose glibc arena can not
-hold a chunk that large (a thread arena's heaps are at most 64 MiB): glibc maps it with a fresh
-`mmap` and `munmap`s it when it is freed, so every train step page-faults the whole buffer back
-in. Measured on a 2-core machine: 69,000 minor page faults and 120-140 ms of kernel time per
-V1 step at 50 px, 198,000 faults at 96 px (`benchmarks/bench_jax.py` reports faults per step).
+XLA:CPU allocates the temporary buffer of each execution with `posix_memalign`: hundreds of MiB
+for a MobileNet train step at batch 64. With JAX's default asynchronous CPU dispatch that happens
+on one of XLA's worker threads, whose glibc arena can not hold a chunk that large (a thread
+arena's heaps are at most 64 MiB): glibc maps it with a fresh `mmap` and `munmap`s it when it is
+freed, so every train step page-faults the whole buffer back in (`benchmarks/bench_jax.py`
+reports faults per step).
 
 `keep_scratch_memory_mapped` makes the buffer come from the main heap and stay there:
 
@@ -17,16 +16,16 @@ V1 step at 50 px, 198,000 faults at 96 px (`benchmarks/bench_jax.py` reports fau
   next step reuses the freed buffer.
 
 The worker threads keep their own arenas for their small, frequent allocations (XLA's YNNPACK
-kernels allocate scratch tiles on every call). Measured: no page faults once the heap has grown
-(a few steps), V1 at 96 px 492-540 ms per trainer step instead of 670-730, resident memory
-unchanged (1.6 GiB). The cost of synchronous dispatch: the host waits for each step before
-preparing the next batch, which on a CPU takes well under a millisecond. A single arena for all
-threads (`M_ARENA_MAX = 1`) also removes the faults, but made `_int_malloc` take 5-15% of the CPU
-time and nearly tripled resident memory. `config.keep_scratch_memory_mapped = False` keeps JAX's
-and glibc's defaults.
+kernels allocate scratch tiles on every call). The cost of synchronous dispatch: the host waits
+for each step before preparing the next batch, which on a CPU takes well under a millisecond. A
+single arena for all threads (`M_ARENA_MAX = 1`) also removes the faults, but costs CPU time in
+`_int_malloc` and resident memory. benchmarks/RESULTS.md, section "Where the CPU time goes, and
+what was tried" (the page faults), has the figures: faults and kernel time per step before, step
+times and resident memory after, and the single arena's costs.
+`config.keep_scratch_memory_mapped = False` keeps JAX's and glibc's defaults.
 
 JAX reads the dispatch option when it creates its CPU client, so the function must run before the
-first backend is initialised (`distributed.start` calls it). Multi-process runs do not use it:
+first backend is initialised (`trainer.startup.start` calls it). Multi-process runs do not use it:
 with synchronous dispatch, a peer process killed mid-run once aborted the survivor (a fatal
 signal) instead of raising the `JaxRuntimeError` that `main.py` turns into a clear message. It
 does nothing elsewhere than on glibc, when the run will not use the CPU backend (an accelerator

@@ -1,15 +1,16 @@
 """Native CPU kernels for a MobileNet train step, called through XLA's FFI (`jax.ffi`).
 
 XLA:CPU runs every reduction as its own pass over the activations: a depthwise convolution's
-*kernel* gradient is k * k such multiply-reduce passes (one per tap), 17-25% of a MobileNet train
-step on a 2-core CPU; BatchNorm's statistics and gradient sums are two more each, and its
+*kernel* gradient is k * k such multiply-reduce passes (one per tap), a large share of a MobileNet
+train step on the CPU; BatchNorm's statistics and gradient sums are two more each, and its
 backward pass writes the ReLU6-masked gradient out for them. And XLA fuses the depthwise
 convolution's nine shifted taps, recomputed, into every consumer of its output. `kernels.cc`
 has the depthwise convolution with both gradients, BatchNorm's statistics and backward pass, and
-the RGB stem convolution, each in one or two passes (benchmarks/RESULTS.md has the per-kernel
-and per-step figures: the train step is 1.2-1.4x faster than the same model in pure XLA).
-`on_cpu` picks the native kernel when lowering for the CPU, the portable jnp formulation
-elsewhere.
+the RGB stem convolution, each in one or two passes. benchmarks/RESULTS.md, sections "What this
+session changed: native CPU kernels, measured side by side" and "Where the CPU time goes, and
+what was tried", has the figures: each kernel against the XLA it replaces, and the train step
+against the same model in pure XLA. `on_cpu` picks the native kernel when lowering for the CPU,
+the portable jnp formulation elsewhere.
 
 The library is compiled on first use with the host's C++ compiler (`$CXX`, else `c++`/`g++`,
 about 2 s) against the FFI headers that jaxlib ships, for this CPU (`-march=native`), into

@@ -1,0 +1,160 @@
+"""Exports a trained model: inference weights from a training run, or ONNX / StableHLO from them.
+
+    # 1. A run's checkpoint -> inference weights (.safetensors + .json), in the project's venv:
+    python export_model.py --workdir=/tmp/idc_v1 --output=/tmp/v1.safetensors
+    # the shipped model was written by (the run: configs/v1.py on the 245 patients, MODEL_CARD.md)
+    python export_model.py --workdir=/work/runs/ship_v1 \\
+        --output=idc_inference/shipped/mobilenet_v1_idc.safetensors
+
+    # 2. Inference weights -> ONNX, in the export venv (requirements-export.txt: jax2onnx pins an
+    #    orbax the project cannot use, and weights files need no orbax):
+    python3 -m venv .venv-export && .venv-export/bin/pip install -r requirements-export.txt
+    .venv-export/bin/python export_model.py --output=mobilenet_v1_idc.onnx   # the shipped model
+    .venv-export/bin/python export_model.py --weights=/tmp/v1.safetensors --output=v1.onnx
+    # or serialized StableHLO (jax.export), the fallback for layers jax2onnx cannot convert:
+    python export_model.py --weights=/tmp/v1.safetensors --format=stablehlo --output=v1.stablehlo
+
+The ONNX model takes uint8 RGB patches [N, 50, 50, 3] (NHWC, 0-255, the Kaggle scale) and returns
+P(IDC) float32 [N]; its metadata_props say so, with the threshold tuned on validation and the TTA
+(`idc_inference/export_onnx.py` has the details). After writing it, the program runs it in
+onnxruntime on 8 synthetic patches and prints the largest difference from JAX's P(IDC).
+--tta / --notta: the 8-view average inside the graph (8x the compute) or one view; by default
+as the run evaluated.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import sys
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    flags.DEFINE_string("workdir", None, "A training run to export inference weights from.")
+    flags.DEFINE_string("checkpoint", "latest", '"latest", "best" or a step (with --workdir).')
+    flags.DEFINE_string(
+        "weights", None, "Inference weights to convert (default: the shipped model)."
+    )
+    flags.DEFINE_string("output", None, "The file to write (.safetensors, .onnx, .stablehlo).")
+    flags.DEFINE_enum(
+        "format",
+        None,
+        ["weights", "onnx", "stablehlo"],
+        "What to write; default: from --output's suffix.",
+    )
+    flags.DEFINE_bool("tta", None, "8-view TTA inside the graph; default: as the run evaluated.")
+    flags.DEFINE_bool(
+        "patients", True, "Recompute the run's split to list its patients (needs its data)."
+    )
+    flags.mark_flags_as_required(["output"])
+
+
+def fail(message: str) -> None:
+    """`error: <message>` on stderr, exit status 2 (as trainer.cli.fail; the export venv has no
+    `trainer`)."""
+    sys.stderr.write(f"error: {message}\n")
+    sys.exit(2)
+
+
+def output_format(output: pathlib.Path) -> str:
+    if FLAGS.format:
+        return FLAGS.format
+    suffixes = {".safetensors": "weights", ".onnx": "onnx", ".stablehlo": "stablehlo"}
+    if output.suffix not in suffixes:
+        fail(f"--output {output}: name it .safetensors, .onnx or .stablehlo, or pass --format")
+    return suffixes[output.suffix]
+
+
+def export_weights(output: pathlib.Path) -> None:
+    from idc_inference import model as model_lib  # noqa: PLC0415
+    from idc_inference import run_records  # noqa: PLC0415
+    from idc_inference import weights as weights_lib  # noqa: PLC0415
+
+    if FLAGS.workdir is None:
+        fail("--workdir: the training run whose checkpoint to export")
+    workdir = pathlib.Path(FLAGS.workdir)
+    if not (workdir / "config.json").is_file():
+        fail(f"{workdir} is not a training run (no config.json in it)")
+    with model_lib.quiet_orbax():
+        record = run_records.export_workdir(
+            workdir, output, checkpoint=FLAGS.checkpoint, with_patients=FLAGS.patients
+        )
+    size = weights_lib.tensors_path(output).stat().st_size
+    print(
+        f"wrote {weights_lib.tensors_path(output)} ({size / 2**20:.1f} MB, step "
+        f"{record['step']}, threshold {record['threshold']['value']:.4g}, TTA {record['tta']}) "
+        f"and {weights_lib.sidecar_path(output)}"
+    )
+
+
+def export_graph(output: pathlib.Path, kind: str) -> None:
+    from idc_inference import export_onnx  # noqa: PLC0415
+    from idc_inference import model as model_lib  # noqa: PLC0415
+    from idc_inference import weights as weights_lib  # noqa: PLC0415
+
+    if FLAGS.workdir is not None:
+        fail(
+            "--workdir: export the run's inference weights first (--output=<name>.safetensors), "
+            "then convert them with --weights"
+        )
+    weights = pathlib.Path(FLAGS.weights) if FLAGS.weights else model_lib.SHIPPED_WEIGHTS
+    try:
+        if kind == "onnx":
+            try:
+                import jax2onnx  # noqa: F401, PLC0415
+            except ImportError:
+                fail(
+                    "jax2onnx is not installed here: run this in the export venv "
+                    "(pip install -r requirements-export.txt), or use --format=stablehlo"
+                )
+            properties = export_onnx.export_onnx(weights, output, tta=FLAGS.tta)
+        else:
+            properties = export_onnx.export_stablehlo(weights, output, tta=FLAGS.tta)
+    except (weights_lib.WeightsError, export_onnx.ExportError) as error:
+        fail(str(error))
+    print(f"wrote {output} ({output.stat().st_size / 2**20:.1f} MB) from {weights}")
+    for key in ("input", "output", "tta", "threshold", "converter"):
+        print(f"  {key}: {properties[key]}")
+    if kind == "onnx":
+        check(weights, output)
+
+
+def check(weights_path: pathlib.Path, output: pathlib.Path) -> None:
+    """onnxruntime against JAX on 8 synthetic patches (tests/test_export_onnx.py: real ones)."""
+    import jax  # noqa: PLC0415
+    import numpy as np  # noqa: PLC0415
+
+    from idc_inference import export_onnx  # noqa: PLC0415
+    from idc_inference import weights as weights_lib  # noqa: PLC0415
+
+    weights = weights_lib.read_weights(weights_path)
+    tta = weights.tta if FLAGS.tta is None else FLAGS.tta
+    images = np.random.default_rng(0).integers(0, 256, (8, 50, 50, 3), dtype=np.uint8)
+    expected = np.asarray(jax.jit(export_onnx.p_idc_function(weights, tta=tta))(images))
+    got = export_onnx.run_onnx(output, images)
+    difference = np.abs(got - expected).max()
+    print(f"  onnxruntime vs JAX on 8 synthetic patches: max |P(IDC) difference| {difference:.2e}")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    output = pathlib.Path(FLAGS.output)
+    kind = output_format(output)
+    if kind == "weights":
+        export_weights(output)
+    else:
+        export_graph(output, kind)
+
+
+if __name__ == "__main__":
+    define_flags()
+    try:
+        from trainer import cli
+    except ImportError:  # the export venv: no trainer dependencies (orbax, clu, TFDS)
+        app.run(main)
+    else:
+        cli.run(main)
