@@ -269,6 +269,9 @@ _NOISE = (
     ("tensorflow_datasets", "has no dataset_info.json"),
     # JAX looks for a TPU on every start; a machine without one is not news.
     ("jax", "Unable to initialize backend"),
+    # A mid-epoch checkpoint has no validation metric yet; the best checkpoint is chosen among
+    # the end-of-epoch ones, which have it (trainer/checkpoints.py).
+    ("orbax", "Requested `tracked_metric`; did not provide metrics."),
 )
 
 
