@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from configs import default
-from input_pipeline import dataset
+from input_pipeline import dataset, decoded_cache
 from tests.conftest import EMBEDDED_SAMPLE
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -22,7 +22,7 @@ def test_rows_are_put_in_order_in_place():
     rows = rng.integers(0, 256, (500, 4, 4, 3), dtype=np.uint8)
     for order in (rng.permutation(500), np.arange(500), np.roll(np.arange(500), 7)):
         permuted = rows.copy()
-        dataset._permute_rows_in_place(permuted, order)
+        decoded_cache._permute_rows_in_place(permuted, order)
         np.testing.assert_array_equal(permuted, rows[order])
 
 
@@ -38,13 +38,15 @@ def test_splits_are_read_from_the_cache_file_row_run_by_row_run(tmp_path):
         np.array([], np.int64),
     )
     for rows_wanted in picks:
-        got = dataset._gather(mapped, rows_wanted)
+        got = decoded_cache._gather(mapped, rows_wanted)
         assert type(got) is np.ndarray and got.flags.owndata or len(rows_wanted) == 0
         np.testing.assert_array_equal(got, rows[rows_wanted])
     # A view into the map starts further into the file.
-    np.testing.assert_array_equal(dataset._gather(mapped[10:], np.array([0, 5])), rows[[10, 15]])
+    np.testing.assert_array_equal(
+        decoded_cache._gather(mapped[10:], np.array([0, 5])), rows[[10, 15]]
+    )
     # Arrays in memory are indexed as usual.
-    np.testing.assert_array_equal(dataset._gather(rows, np.array([3, 1])), rows[[3, 1]])
+    np.testing.assert_array_equal(decoded_cache._gather(rows, np.array([3, 1])), rows[[3, 1]])
 
 
 def _copy_patients(names, manual):

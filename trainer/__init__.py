@@ -6,12 +6,13 @@
 The package, in the order a run uses it:
   cli.py          the programs' door: flags parsed, one line per user mistake, a quiet console
   config_checks.py a config refused before it runs: bad values, a resume that changes the run
-  workdir_lock.py one workdir, one run: the lock a live run holds
+  workdir_lock.py one workdir, one run: the lock a live run holds (process 0 for all)
   startup.py      a program's start-up: multi-process initialisation, host-memory settings
   state.py        the network, optimiser and TrainState a step reads and writes
   steps.py        the jitted pure functions: loss and gradients, train step, eval step
   compiled.py     state + optimiser + jitted steps of a config on a mesh, built in one place
   sharding.py     the `data` mesh over all devices of all processes
+  run_log.py      what a run tells the console as it starts (data and why, network, devices)
   loop.py         train_and_evaluate: epochs, evaluation, checkpoints, resume
   evaluate.py     evaluation loops on the host, precise-BN recalibration
   summary.py      summary.json, assembled from the test split's P(IDC) and the run's record

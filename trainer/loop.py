@@ -17,7 +17,6 @@ progress with images/s, one line per epoch and a closing line with the test metr
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import itertools
 import json
@@ -33,7 +32,16 @@ from clu import parameter_overview
 from jax.experimental import multihost_utils
 
 import input_pipeline
-from trainer import compiled, config_checks, evaluate, metrics, steps, writers
+from trainer import (
+    compiled,
+    config_checks,
+    evaluate,
+    metrics,
+    run_log,
+    steps,
+    workdir_lock,
+    writers,
+)
 from trainer import state as state_lib
 from trainer import summary as summary_lib
 from trainer.checkpoints import BEST_METRIC, Checkpointer
@@ -41,7 +49,6 @@ from trainer.cli import UserError
 from trainer.rundir import RunDirectory, curves_title
 from trainer.sharding import Sharding, replicated_to_host
 from trainer.state import TrainState
-from trainer.workdir_lock import WorkdirLock
 
 
 def load_dataset_once(data_config: ml_collections.ConfigDict):
@@ -68,90 +75,6 @@ def check_finite(state: TrainState) -> None:
             "its last checkpoint (taken before that step) is intact. Lower config.learning_rate "
             "or check the input data."
         )
-
-
-def dataset_description(dataset) -> dict:
-    info = dataset.info.to_dict()
-    return {
-        "dataset": info["name"],
-        "data_source": info["source"],
-        "data_selection": info["selection"],
-        "split": info["split_protocol"],
-        "info": info,
-    }
-
-
-def log_data_banner(dataset) -> None:
-    if dataset.info.name == "idc_sample":
-        counts = dataset.info.counts
-        patients = sum(part["patients"] for part in counts.values())
-        logging.warning(
-            "this trains on the real sample shipped in data/idc_sample (%d patients), not the "
-            "Kaggle set (277,524 patches of 279 patients): its figures are a quickstart's.\n"
-            "README, 'Using the real Kaggle data', says how to train on the full set.",
-            patients,
-        )
-    for note in dataset.info.notes:
-        logging.warning("data: %s", note)
-
-
-def _devices() -> str:
-    """'1 cpu device', '8 gpu devices (NVIDIA H100) in 2 processes'."""
-    kinds = sorted({device.device_kind for device in jax.devices()})
-    count = jax.device_count()
-    text = f"{count} {jax.default_backend()} device{'s' if count > 1 else ''}"
-    if kinds and kinds != ["cpu"]:
-        text += f" ({', '.join(kinds)})"
-    if jax.process_count() > 1:
-        text += f" in {jax.process_count()} processes"
-    return text
-
-
-def log_run_start(config, rundir: RunDirectory, steps_per_epoch: int) -> None:
-    """The network, its costs, the devices and the length of the run, in two lines."""
-    profile = state_lib.model_profile(config)
-    logging.info(
-        "model: %s alpha=%s at %d px, %s parameters (%s), %.1f M multiply-adds per image; %s, %s",
-        config.model.name,
-        config.model.alpha,
-        config.preprocess.image_size,
-        f"{profile.params:,}",
-        rundir.parameters_file.name,
-        profile.macs / 1e6,
-        _devices(),
-        jax.numpy.dtype(state_lib.compute_dtype(config)).name,
-    )
-    logging.info(
-        "training: %d epoch%s of %s steps of %d images; config.json and checkpoints/ in %s",
-        config.num_epochs,
-        "" if config.num_epochs == 1 else "s",
-        f"{steps_per_epoch:,}",
-        config.global_batch_size,
-        rundir.path,
-    )
-
-
-@contextlib.contextmanager
-def workdir_held_by_this_run(rundir: RunDirectory):
-    """The workdir's lock for the whole run: taken by process 0, which tells the others."""
-    lock = WorkdirLock(rundir.path) if jax.process_index() == 0 else None
-    refusal = None
-    if lock is not None:
-        try:
-            lock.acquire()
-        except UserError as error:
-            refusal = str(error)
-    if jax.process_count() > 1:
-        refused = multihost_utils.broadcast_one_to_all(np.int32(refusal is not None))
-        if refused and refusal is None:
-            refusal = f"{rundir.path} is in use by another run (process 0's log says which)"
-    if refusal is not None:
-        raise UserError(refusal)
-    try:
-        yield
-    finally:
-        if lock is not None:
-            lock.release()
 
 
 @dataclasses.dataclass
@@ -208,7 +131,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     started = time.time()
     config_checks.check(config)
     rundir = RunDirectory(workdir)
-    with workdir_held_by_this_run(rundir):
+    with workdir_lock.held_by_this_run(rundir.path):
         resume_changes = []
         recorded = rundir.recorded_config()
         if recorded is not None and rundir.has_checkpoint():
@@ -224,7 +147,7 @@ def _train_and_evaluate(
         rundir.create()
 
     dataset = load_dataset_once(config.data)
-    log_data_banner(dataset)
+    run_log.log_data_banner(dataset)
     sharding = Sharding.over_all_devices()
     sharding.check_batch_size(config.global_batch_size, "config.global_batch_size")
     sharding.check_batch_size(config.eval_batch_size, "config.eval_batch_size")
@@ -237,7 +160,7 @@ def _train_and_evaluate(
             f"{config.global_batch_size}; lower config.global_batch_size"
         )
     if is_main_process:
-        log_run_start(config, rundir, steps_per_epoch)
+        run_log.log_run_start(config, rundir, steps_per_epoch)
 
     training = compiled.build(
         config, sharding, steps_per_epoch=steps_per_epoch, train_labels=dataset.train.label
@@ -297,7 +220,11 @@ def _start_or_resume(
 ) -> tuple[TrainState, dict]:
     """The newest checkpoint's state and record, or the initial ones (config.json written)."""
     config, sharding = context.config, context.sharding
-    meta = {"history": [], "data": dataset_description(context.dataset), "images_per_second": []}
+    meta = {
+        "history": [],
+        "data": run_log.dataset_description(context.dataset),
+        "images_per_second": [],
+    }
     latest = context.checkpointer.latest_step()
     if latest is not None:
         abstract_state = jax.tree.map(

@@ -18,6 +18,7 @@ stop together.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -27,7 +28,10 @@ import socket
 import sys
 import time
 
+import jax
+import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
 from trainer.cli import UserError
 
@@ -181,3 +185,26 @@ class WorkdirLock:
                 f"\nIf that run is known to be dead, remove the lock and rerun: rm {self.path}"
             )
         return message
+
+
+@contextlib.contextmanager
+def held_by_this_run(workdir: str | os.PathLike):
+    """The workdir's lock for the whole run: taken by process 0, which tells the others."""
+    lock = WorkdirLock(workdir) if jax.process_index() == 0 else None
+    refusal = None
+    if lock is not None:
+        try:
+            lock.acquire()
+        except UserError as error:
+            refusal = str(error)
+    if jax.process_count() > 1:
+        refused = multihost_utils.broadcast_one_to_all(np.int32(refusal is not None))
+        if refused and refusal is None:
+            refusal = f"{workdir} is in use by another run (process 0's log says which)"
+    if refusal is not None:
+        raise UserError(refusal)
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
