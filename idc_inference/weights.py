@@ -62,28 +62,17 @@ class WeightsError(ValueError):
 # ----------------------------------------------------------------------------- the network
 
 
-def compute_dtype(config: ml_collections.ConfigDict) -> jnp.dtype:
-    """The run's compute dtype, as `trainer.state.compute_dtype` resolves it."""
-    if config.compute_dtype == "auto":
-        return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
-    return jnp.dtype(config.compute_dtype)
-
-
 def network_kwargs(
     config: ml_collections.ConfigDict, *, implementation: str | None = None, dtype=None
 ) -> dict:
-    """`mobilenets.create`'s arguments for the config's network, as `trainer.state.create_model`
-    builds them (tests/test_model_api.py checks that the two agree), without its RNG streams."""
-    dtype = jnp.dtype(dtype) if dtype is not None else compute_dtype(config)
-    return dict(
-        num_classes=NUM_CLASSES,
-        alpha=config.model.alpha,
-        dropout_rate=config.model.dropout_rate,
-        bn_momentum=config.model.bn_momentum,
-        bn_epsilon=config.model.bn_epsilon,
-        implementation=implementation or config.model.implementation,
-        dtype=dtype,
-        param_dtype=jnp.promote_types(dtype, jnp.float32),
+    """`mobilenets.create`'s arguments for the config's network, as training builds them
+    (`mobilenets.configured`), without its RNG streams."""
+    from mobilenets import (
+        configured,  # noqa: PLC0415 (registers the CPU path; jax configured first)
+    )
+
+    return configured.network_kwargs(
+        config, num_classes=NUM_CLASSES, implementation=implementation, dtype=dtype
     )
 
 

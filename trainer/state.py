@@ -13,6 +13,7 @@ from flax import nnx
 
 import input_pipeline
 import mobilenets
+from mobilenets import configured
 
 NUM_CLASSES = 2  # negative, IDC
 
@@ -37,10 +38,8 @@ class TrainState:
 
 
 def compute_dtype(config: ml_collections.ConfigDict) -> jnp.dtype:
-    """"auto": bfloat16 on accelerators, float32 on the CPU."""
-    if config.compute_dtype == "auto":
-        return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
-    return jnp.dtype(config.compute_dtype)
+    """"auto": bfloat16 on accelerators, float32 on the CPU (`mobilenets.configured`)."""
+    return configured.compute_dtype(config)
 
 
 def create_model(config: ml_collections.ConfigDict, *, seed: int, **overrides) -> nnx.Module:
@@ -48,16 +47,8 @@ def create_model(config: ml_collections.ConfigDict, *, seed: int, **overrides) -
 
     Parameters are float32, or float64 when the run computes in float64.
     """
-    dtype = compute_dtype(config)
     kwargs = dict(
-        num_classes=NUM_CLASSES,
-        alpha=config.model.alpha,
-        dropout_rate=config.model.dropout_rate,
-        bn_momentum=config.model.bn_momentum,
-        bn_epsilon=config.model.bn_epsilon,
-        implementation=config.model.implementation,
-        dtype=dtype,
-        param_dtype=jnp.promote_types(dtype, jnp.float32),
+        configured.network_kwargs(config, num_classes=NUM_CLASSES),
         rngs=nnx.Rngs(params=seed, dropout=seed + 1),
     )
     return mobilenets.create(config.model.name, **{**kwargs, **overrides})
