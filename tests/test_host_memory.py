@@ -55,8 +55,11 @@ quiet, warm_up_steps, limit = 0, 0, 60 if applied else 3
 while quiet < 3 and warm_up_steps < limit:
     quiet = quiet + 1 if faults_of_one_step() < 0.01 * pages else 0
     warm_up_steps += 1
-faults = sum(faults_of_one_step() for _ in range(4)) / 4
-print(json.dumps(dict(applied=applied, faults_per_step=faults, warm_up_steps=warm_up_steps,
+# The median of 7 steps: a step that another process's load or the kernel's reclaim disturbs
+# (seen on a loaded 2-core CI machine) does not decide the regime, which holds for most steps.
+faults = sorted(faults_of_one_step() for _ in range(7))
+print(json.dumps(dict(applied=applied, faults_per_step=faults[3], faults=faults,
+                      warm_up_steps=warm_up_steps,
                       scratch_bytes=compiled.memory_analysis().temp_size_in_bytes)))
 """
 
@@ -78,8 +81,8 @@ def test_scratch_buffer_is_not_page_faulted_in_every_step(tmp_path):
     # Without the settings every step faults (nearly) every page of the scratch buffer back in;
     # with them a warmed-up step faults almost none: the two regimes are pages apart, and 1% of
     # the pages separates them whatever the machine.
-    assert not default["applied"] and default["faults_per_step"] > 0.5 * pages
-    assert kept["applied"] and kept["faults_per_step"] < 0.01 * pages
+    assert not default["applied"] and default["faults_per_step"] > 0.5 * pages, default
+    assert kept["applied"] and kept["faults_per_step"] < 0.01 * pages, kept
 
 
 def test_skipped_once_a_backend_runs():
