@@ -65,6 +65,9 @@ def get_config() -> ml_collections.ConfigDict:
             split_seed=0,
             validation_fraction=0.15,
             test_fraction=0.15,
+            # Patient ids, e.g. "8863,8914": these patients are the test split (one fold of a
+            # cross-validation over whole slides) and test_fraction is unused.
+            test_patients="",
             # < 1: train on this stratified fraction of the training patients only (learning
             # curves); validation and test are unchanged.
             train_patients_fraction=1.0,
@@ -78,9 +81,11 @@ def get_config() -> ml_collections.ConfigDict:
             resize_method="bilinear",
             dihedral=False,  # the 8 flips x 90-degree rotations, training only
             hsv_jitter=0.0,
-            # Stain scale and shift per image on scikit-image's HED scale (optical density / 13.8),
-            # where stains are a few hundredths: Tellez et al.'s 0.05 repaints a patch here
-            # (configs/ablations.py, `hed_jitter`).
+            # Stain jitter (Tellez et al. 2019): each stain scaled by U(1-s, 1+s) and shifted by
+            # U(-s, s) optical density (-ln I/I0, the unit of their strengths: 0.05 "light").
+            hed_jitter_od=0.0,
+            # The same with the shift on scikit-image's HED scale (optical density / 13.8), where
+            # 0.05 repaints a patch (results/real_subset's `hed_jitter` ablations); set one only.
             hed_jitter=0.0,
         )
     )

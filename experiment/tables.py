@@ -40,6 +40,13 @@ TABLE1_HEADER = (
 )
 
 
+def _hed_jitter(preprocess) -> str:
+    in_optical_density = preprocess.get("hed_jitter_od", 0.0)
+    if in_optical_density:
+        return f"{in_optical_density:g} in optical density"
+    return f"{preprocess.hed_jitter:g}"
+
+
 def table1_rows(runs: Mapping[str, Run]) -> list[list[str]]:
     """The paper's Table 1 (train and validation accuracy after the last epoch), extended."""
     rows = []
@@ -249,7 +256,7 @@ def recipe(summary: Mapping, config) -> str:
         f"patches resized to {config.preprocess.image_size}x{config.preprocess.image_size} "
         f"({config.preprocess.resize_method}; dihedral augmentation "
         f"{'on' if config.preprocess.dihedral else 'off'}, HSV jitter "
-        f"{config.preprocess.hsv_jitter:g}, HED jitter {config.preprocess.hed_jitter:g}); "
+        f"{config.preprocess.hsv_jitter:g}, HED jitter {_hed_jitter(config.preprocess)}); "
         f"evaluation after BatchNorm recalibration on {config.bn_recalibration_batches} "
         f"training batches ({'8-view TTA' if config.eval_tta else 'one view'}); seed "
         f"{config.seed}. Trained on {summary['devices']} {summary['backend']} device(s) in "

@@ -315,7 +315,7 @@ def load_dataset(config: ml_collections.ConfigDict) -> Dataset:
     """Prepares (if needed), loads and splits the data set described by `config.data`.
 
     Keys: dataset, data_dir, manual_dir, split, split_seed, validation_fraction, test_fraction,
-    train_patients_fraction
+    test_patients, train_patients_fraction
     (see configs/default.py). Returns train / validation / test splits in memory.
     """
     from input_pipeline import splits as protocols  # noqa: PLC0415
@@ -324,14 +324,19 @@ def load_dataset(config: ml_collections.ConfigDict) -> Dataset:
     builder = choice.builder
     full = Split(**load_table(builder))
     protocol = config.split
-    indices = protocols.make_splits(
-        protocol,
-        full.patient,
-        full.label,
-        config.split_seed,
-        config.validation_fraction,
-        config.test_fraction,
-    )
+    try:
+        indices = protocols.make_splits(
+            protocol,
+            full.patient,
+            full.label,
+            config.split_seed,
+            config.validation_fraction,
+            config.test_fraction,
+            # Configs written before the key existed drew the test patients too.
+            config.get("test_patients", ""),
+        )
+    except ValueError as error:  # a patient or protocol the data does not have
+        raise DataError(f"{error} ({choice.name})") from None
     train_rows, fewer_note = protocols.fewer_training_patients(
         full.patient,
         full.label,

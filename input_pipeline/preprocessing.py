@@ -125,15 +125,27 @@ def hsv_jitter(images: jax.Array, strength: float, rng: jax.Array) -> jax.Array:
     return hsv_to_rgb(hsv)
 
 
-def hed_jitter(images: jax.Array, strength: float, rng: jax.Array) -> jax.Array:
+def hed_jitter(
+    images: jax.Array, strength: float, rng: jax.Array, bias_unit: float = 1.0
+) -> jax.Array:
     """Stain jitter (Tellez et al. 2019): each of H, E, D as alpha * c + beta per image,
-    alpha ~ U(1 - s, 1 + s) and beta ~ U(-s, s)."""
+    alpha ~ U(1 - s, 1 + s) and beta ~ U(-s, s) * `bias_unit` on `rgb_to_hed`'s scale.
+
+    `bias_unit` = `OPTICAL_DENSITY` reads the bias in optical density (see there).
+    """
     batch = images.shape[0]
     alpha_key, beta_key = jax.random.split(rng)
     shape = (batch, 1, 1, 3)
     alpha = jax.random.uniform(alpha_key, shape, minval=1 - strength, maxval=1 + strength)
-    beta = jax.random.uniform(beta_key, shape, minval=-strength, maxval=strength)
+    beta = bias_unit * jax.random.uniform(beta_key, shape, minval=-strength, maxval=strength)
     return hed_to_rgb(rgb_to_hed(images) * alpha + beta)
+
+
+# One unit of optical density, -ln(I / I0), on `rgb_to_hed`'s scale. scikit-image divides the
+# optical density by ln(1e6) = 13.8 since 0.18 (its PR #4725); Tellez et al.'s code used the
+# earlier `rgb2hed`, -ln(I) times the stain matrix, so their strengths (0.05 "light" ... 0.2
+# "strong") are in this unit. Decadic optical density is this divided by ln(10).
+OPTICAL_DENSITY = float(-1.0 / np.log(_OD_FLOOR))
 
 
 def resize(images: jax.Array, image_size: int, method: str = "bilinear") -> jax.Array:
@@ -152,13 +164,17 @@ def preprocess(
 ) -> jax.Array:
     """uint8 [B, H, W, 3] patches -> float32 [B, S, S, 3] network inputs in [-1, 1].
 
-    `config` holds image_size, resize_method, dihedral, hsv_jitter, hed_jitter (config.preprocess).
-    Augmentation runs only when train=True and then needs `rng`.
+    `config` holds image_size, resize_method, dihedral, hsv_jitter, hed_jitter, hed_jitter_od
+    (config.preprocess). Augmentation runs only when train=True and then needs `rng`.
     """
     image_size, method = config.image_size, config.resize_method
     use_dihedral, hsv_strength, hed_strength = config.dihedral, config.hsv_jitter, config.hed_jitter
+    # Configs written before the key existed have no stain jitter in optical density.
+    hed_od_strength = config.get("hed_jitter_od", 0.0)
+    if hed_strength > 0 and hed_od_strength > 0:
+        raise ValueError("set one of preprocess.hed_jitter and preprocess.hed_jitter_od")
     x = images.astype(jnp.float32) / 255.0
-    if train and (use_dihedral or hsv_strength > 0 or hed_strength > 0):
+    if train and (use_dihedral or hsv_strength > 0 or hed_strength > 0 or hed_od_strength > 0):
         if rng is None:
             raise ValueError("training-time augmentation needs an rng key")
         dihedral_key, hsv_key, hed_key = jax.random.split(rng, 3)
@@ -168,5 +184,7 @@ def preprocess(
             x = hsv_jitter(x, hsv_strength, hsv_key)
         if hed_strength > 0:
             x = hed_jitter(x, hed_strength, hed_key)
+        if hed_od_strength > 0:
+            x = hed_jitter(x, hed_od_strength, hed_key, bias_unit=OPTICAL_DENSITY)
     x = resize(x, image_size, method)
     return x * 2.0 - 1.0  # = uint8 / 127.5 - 1, as Keras' MobileNet preprocess_input

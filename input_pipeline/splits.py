@@ -8,6 +8,9 @@
 - "random_patch": the protocol of the reproduced paper, patches shuffled regardless of patient.
   Patients leak across the splits, which the notes say.
 
+With "patient", `with_test_patients` names the test patients instead (a fold of a
+cross-validation over whole slides): validation is drawn from the others as above.
+
 Every function returns row indices into the full table (sorted ascending) and is a pure function
 of its inputs and the seed.
 """
@@ -154,6 +157,42 @@ def fewer_training_patients(
     return rows, note
 
 
+def with_test_patients(
+    patient: np.ndarray,
+    label: np.ndarray,
+    test_patients: np.ndarray,
+    seed: int,
+    validation_fraction: float,
+) -> SplitIndices:
+    """The named patients are the test split; the others go to train and validation by patient.
+
+    `validation_fraction` is of the patients that are not named. Raises ValueError naming the
+    patients that are not in the data.
+    """
+    test_patients = np.unique(np.asarray(test_patients, dtype=patient.dtype))
+    missing = np.setdiff1d(test_patients, patient)
+    if len(missing):
+        raise ValueError(
+            f"data.test_patients names {len(missing)} patients that are not in the data: "
+            + ", ".join(str(p) for p in missing[:10])
+        )
+    named = np.isin(patient, test_patients)
+    rest = np.flatnonzero(~named)
+    parts = by_patient(patient[rest], label[rest], seed, validation_fraction, test_fraction=0.0)
+    note = f"test split: the {len(test_patients)} patients of data.test_patients"
+    return SplitIndices(
+        rest[parts.train], rest[parts.validation], np.flatnonzero(named), notes=(note,)
+    )
+
+
+def parse_patients(text: str) -> np.ndarray:
+    """'8863, 8914 9022' -> [8863, 8914, 9022]; raises ValueError on anything but integers."""
+    words = text.replace(",", " ").split()
+    if not all(word.isdigit() for word in words):
+        raise ValueError(f"data.test_patients must be patient ids separated by commas, got {text!r}")
+    return np.asarray([int(word) for word in words], np.int64)
+
+
 def make_splits(
     protocol: str,
     patient: np.ndarray,
@@ -161,8 +200,17 @@ def make_splits(
     seed: int = 0,
     validation_fraction: float = 0.15,
     test_fraction: float = 0.15,
+    test_patients: str = "",
 ) -> SplitIndices:
     """Dispatches to the protocol named in the config (`config.data.split`)."""
+    if test_patients.strip():
+        if protocol != "patient":
+            raise ValueError(
+                f"data.test_patients needs data.split='patient', not {protocol!r}"
+            )
+        return with_test_patients(
+            patient, label, parse_patients(test_patients), seed, validation_fraction
+        )
     if protocol == "patient":
         return by_patient(patient, label, seed, validation_fraction, test_fraction)
     if protocol == "published":

@@ -100,6 +100,37 @@ def test_hed_round_trip_and_zero_jitter_is_identity():
     np.testing.assert_allclose(np.asarray(same), rgb, atol=1e-4)
 
 
+def test_hed_jitter_in_optical_density_shifts_stains_by_up_to_s_of_minus_ln_intensity():
+    from skimage.color import hed_from_rgb, rgb_from_hed  # the stain matrices, before any scaling
+
+    # Two pixels per image, the second with 0.2 more of each stain (in -ln I), dim enough that
+    # nothing clips.
+    rng = np.random.default_rng(5)
+    first = rng.uniform(0.5, 0.8, (256, 1, 1, 3))
+    second = first * np.exp(-np.full(3, 0.2) @ rgb_from_hed)
+    rgb = np.concatenate([first, second], axis=2).astype(np.float32)
+    strength = 0.05
+    out = np.asarray(
+        preprocessing.hed_jitter(
+            jnp.asarray(rgb), strength, jax.random.key(1), bias_unit=preprocessing.OPTICAL_DENSITY
+        )
+    )
+    assert 0 < out.min() and out.max() < 1
+
+    def stains(image):  # -ln(I) times the stain matrix: optical density, as Tellez et al. had it
+        return (-np.log(image.astype(np.float64))) @ hed_from_rgb
+
+    before, after = stains(rgb)[:, 0], stains(out)[:, 0]  # [images, 2 pixels, 3 stains]
+    alpha = (after[:, 0] - after[:, 1]) / (before[:, 0] - before[:, 1])
+    beta = after[:, 0] - alpha * before[:, 0]
+    tolerance = 1e-3  # float32 round trip through exp and log
+    assert np.all(np.abs(alpha - 1) <= strength + tolerance)
+    assert np.all(np.abs(beta) <= strength + tolerance)
+    # The shifts fill U(-s, s) in optical density: on scikit-image's scale they would stay
+    # under s / 13.8.
+    assert np.abs(beta).max() > 0.9 * strength
+
+
 def test_colour_jitter_changes_colours_but_stays_in_range(images):
     config = default.preprocess_config(image_size=32, hsv_jitter=0.1, hed_jitter=0.05)
     out = np.asarray(input_pipeline.preprocess(images, config, train=True, rng=jax.random.key(3)))

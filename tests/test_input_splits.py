@@ -79,6 +79,29 @@ def test_random_patch_split_notes_the_leak(table):
     assert any("patients leak across splits" in n for n in result.notes)
 
 
+def test_named_test_patients_are_the_test_split_and_the_rest_split_by_patient(table):
+    patient, label = table
+    named = "101, 117,150 103"
+    parts = splits.make_splits("patient", patient, label, seed=3, test_patients=named)
+    assert set(patient[parts.test].tolist()) == {101, 103, 117, 150}
+    np.testing.assert_array_equal(parts.test, np.flatnonzero(np.isin(patient, [101, 103, 117, 150])))
+    train, validation = set(patient[parts.train].tolist()), set(patient[parts.validation].tolist())
+    assert not train & validation and not (train | validation) & {101, 103, 117, 150}
+    assert len(train) + len(validation) == 56 and len(validation) == 8  # 15% of the other 56
+    all_rows = np.concatenate([parts.train, parts.validation, parts.test])
+    np.testing.assert_array_equal(np.sort(all_rows), np.arange(len(patient)))
+
+
+def test_named_test_patients_must_be_in_the_data_and_need_the_patient_protocol(table):
+    patient, label = table
+    with pytest.raises(ValueError, match="2 patients that are not in the data: 7, 99999"):
+        splits.make_splits("patient", patient, label, test_patients="101,7,99999")
+    with pytest.raises(ValueError, match="needs data.split='patient'"):
+        splits.make_splits("published", patient, label, test_patients="101")
+    with pytest.raises(ValueError, match="patient ids separated by commas"):
+        splits.make_splits("patient", patient, label, test_patients="101;x")
+
+
 def test_unknown_protocol_is_an_error(table):
     with pytest.raises(ValueError, match="unknown split protocol"):
         splits.make_splits("by_slide", *table)

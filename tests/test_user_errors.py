@@ -45,6 +45,12 @@ MAIN = ("main.py", "--config=configs/v1.py")
         ("--config.data.split=leaky", ("'leaky'", "random_patch")),
         ("--config.global_batch_size=0", ("global_batch_size=0", "at least 1")),
         ("--config=configs/resnet50.py --config.model.alpha=0.5", ("ResNet-50 has no width",)),
+        ("--config.data.test_patients=8863;8914", ("test_patients='8863;8914'", "commas")),
+        (
+            "--config=configs/v1.py --config.preprocess.hed_jitter=0.01 "
+            "--config.preprocess.hed_jitter_od=0.05",
+            ("hed_jitter and hed_jitter_od: set one",),
+        ),
     ],
 )
 def test_a_config_mistake_is_one_line_naming_the_fix(tmp_path, override, expected):

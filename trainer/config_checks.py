@@ -72,6 +72,7 @@ NOT_NEGATIVE = (
     "eval_bootstrap_resamples",
     "preprocess.hsv_jitter",
     "preprocess.hed_jitter",
+    "preprocess.hed_jitter_od",
 )
 
 
@@ -125,6 +126,11 @@ def check(config: ml_collections.ConfigDict) -> None:
             f"--config.model.alpha={_get(config, 'model.alpha')}: ResNet-50 has no width "
             "multiplier, alpha must be 1.0"
         )
+    if _get(config, "preprocess.hed_jitter") and _get(config, "preprocess.hed_jitter_od"):
+        problems.append(
+            "--config.preprocess.hed_jitter and hed_jitter_od: set one (the same jitter, with its "
+            "shift in two units)"
+        )
     data = config.get("data")
     if data is not None:
         held_out = data.get("validation_fraction", 0.0) + data.get("test_fraction", 0.0)
@@ -133,6 +139,18 @@ def check(config: ml_collections.ConfigDict) -> None:
                 "--config.data.validation_fraction + test_fraction must be between 0 and 1, "
                 f"not {held_out:g}"
             )
+        test_patients = data.get("test_patients", "")
+        if test_patients.strip():
+            if data.get("split") != "patient":
+                problems.append(
+                    f"--config.data.test_patients needs --config.data.split=patient, not "
+                    f"{data.get('split')!r}"
+                )
+            if not all(word.isdigit() for word in test_patients.replace(",", " ").split()):
+                problems.append(
+                    f"--config.data.test_patients={test_patients!r}: patient ids separated by "
+                    "commas"
+                )
     if problems:
         raise UserError("; ".join(problems))
 
