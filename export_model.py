@@ -1,6 +1,7 @@
 """Exports a trained model: inference weights from a training run, or ONNX / StableHLO from them.
 
-    # 1. A run's checkpoint -> inference weights (.safetensors + .json), in the project's venv:
+    # 1. A run's checkpoint -> inference weights (.safetensors + .json), in the project's venv,
+    #    with the slide-context stage fitted on the run's validation patients (--nocontext: none):
     python export_model.py --workdir=/tmp/idc_v1 --output=/tmp/v1.safetensors
     # the shipped model was written by (the run: configs/v1.py on the 245 patients, MODEL_CARD.md)
     python export_model.py --workdir=/work/runs/ship_v1 \\
@@ -49,6 +50,13 @@ def define_flags() -> None:
     flags.DEFINE_bool(
         "patients", True, "Recompute the run's split to list its patients (needs its data)."
     )
+    flags.DEFINE_bool(
+        "context",
+        True,
+        "Fit the slide-context stage (map_slide.py --context) on the run's validation P(IDC) "
+        "and store it with the weights (needs the run's data unless its "
+        "predictions_validation.npz is there).",
+    )
     flags.mark_flags_as_required(["output"])
 
 
@@ -79,8 +87,13 @@ def export_weights(output: pathlib.Path) -> None:
     if not (workdir / "config.json").is_file():
         fail(f"{workdir} is not a training run (no config.json in it)")
     with model_lib.quiet_orbax():
+        stage = fit_context_stage(workdir) if FLAGS.context else None
         record = run_records.export_workdir(
-            workdir, output, checkpoint=FLAGS.checkpoint, with_patients=FLAGS.patients
+            workdir,
+            output,
+            checkpoint=FLAGS.checkpoint,
+            with_patients=FLAGS.patients,
+            context_stage=stage,
         )
     size = weights_lib.tensors_path(output).stat().st_size
     print(
@@ -88,6 +101,21 @@ def export_weights(output: pathlib.Path) -> None:
         f"{record['step']}, threshold {record['threshold']['value']:.4g}, TTA {record['tta']}) "
         f"and {weights_lib.sidecar_path(output)}"
     )
+
+
+def fit_context_stage(workdir: pathlib.Path):
+    """The slide-context stage fitted on the run's validation patients at --checkpoint."""
+    from experiment import predictions, slide_context  # noqa: PLC0415
+
+    validation = predictions.split_predictions(workdir, "validation", FLAGS.checkpoint)
+    patients = len(set(validation.patient.tolist()))
+    stage = slide_context.fit_context_model(
+        validation,
+        fitted_on=f"the run's {patients} validation patients ({len(validation.label):,} patches), "
+        f"checkpoint {FLAGS.checkpoint}",
+    )
+    print(f"slide-context stage fitted on {stage.fitted_on}: threshold {stage.threshold:.4g}")
+    return stage
 
 
 def export_graph(output: pathlib.Path, kind: str) -> None:

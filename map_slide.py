@@ -3,12 +3,20 @@
     python map_slide.py --output_dir=/tmp/maps data/demo_slide/8955.tiff
     python map_slide.py --output_dir=maps --workdir=/tmp/idc_v1 --labels=truth.csv slide.svs
     python map_slide.py --output_dir=maps --mpp=0.25 slide_without_scale.tiff other.ndpi
+    python map_slide.py --output_dir=/tmp/maps --context data/demo_slide/8955.tiff
 
 Reads: SLIDE files in any format OpenSlide reads (Aperio .svs, Hamamatsu .ndpi, MIRAX .mrxs,
 Leica .scn, Philips and generic tiled .tiff, DICOM, ...), tile by tile (a slide is never held in
 memory), and the model: the one shipped with the package, or --workdir (a training run, or a
 weights file), with the run's own TTA and validation-tuned threshold unless --tta/--notta and
 --threshold say otherwise.
+
+--context: each tile's P(IDC) is revised by its neighbours' on the tile grid by the model's
+slide-context stage (a logistic regression over the tile's P(IDC) smoothed at three widths,
+fitted on the run's validation patients; `idc_inference/context_stage.py`), with that stage's
+validation-tuned threshold unless --threshold gives one. IDC is a region: on held-out whole slides
+it ranks tiles better than the patch network alone (results/real_245). The shipped model carries
+one; weights exported by export_model.py do too; a training run's --workdir does not.
 
 How: the slide's scale (its openslide.mpp-x/-y properties, or --mpp) sets the tiles: each
 covers the field of view of one Kaggle training patch (50 pixels at 4 um per pixel, 200 um), read
@@ -68,6 +76,12 @@ def define_flags() -> None:
     flags.DEFINE_float(
         "smooth_um", 0.0, "Round the regions' tile edges by this radius (um); 0 keeps them."
     )
+    flags.DEFINE_bool(
+        "context",
+        False,
+        "Revise each tile's P(IDC) by its neighbours' with the model's slide-context stage "
+        "(--nocontext: the patch network alone).",
+    )
     flags.DEFINE_bool("progress", True, "Show a progress bar (tiles/s) on stderr.")
     flags.mark_flags_as_required(["output_dir"])
 
@@ -91,6 +105,23 @@ def main(argv):
 
     model = model_flags.load_model()  # a model that cannot be loaded: one line, exit 2
     print(model.announce())
+    context, threshold = None, model.threshold
+    if FLAGS.context:
+        from idc_inference.context_stage import ContextStageError  # noqa: PLC0415
+
+        try:
+            context = model.context_stage
+        except ContextStageError as error:
+            raise cli.UserError(f"{model.path}: {error}") from None
+        if context is None:
+            raise cli.UserError(
+                f"--context: {model.path} carries no slide-context stage; export the run with "
+                "export_model.py --workdir=<run> --output=<name>.safetensors, which fits one on "
+                "its validation patients"
+            )
+        if FLAGS.threshold == "validation":
+            threshold = context.threshold
+        print(f"slide context: {context.fitted_on}, threshold {threshold:.4g}")
 
     for slide in slides:
         try:
@@ -99,13 +130,14 @@ def main(argv):
                 FLAGS.output_dir,
                 model.predictor,
                 model=model.describe(),
-                threshold=model.threshold,
+                threshold=threshold,
                 labels=labels,
                 min_tissue=FLAGS.min_tissue,
                 num_threads=FLAGS.num_threads,
                 progress=FLAGS.progress,
                 opacity=FLAGS.opacity,
                 smooth_um=FLAGS.smooth_um,
+                context=context,
             )
         except slide_files.SlideError as error:
             raise cli.UserError(str(error)) from None

@@ -40,8 +40,6 @@ PUBLISHED = (
 TARGETS = {"roc_auc": 0.93, "balanced_accuracy": 0.86, "f1": 0.78}
 
 
-
-
 def _resamples(runs: Mapping[str, Run]) -> str:
     """The bootstrap's resample count as the runs' summaries record it ("a, b" if they differ)."""
     counts = sorted(

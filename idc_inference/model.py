@@ -38,6 +38,7 @@ import numpy as np
 
 from idc_inference import run_records
 from idc_inference import weights as weights_lib
+from idc_inference.context_stage import ContextStage
 
 SHIPPED_DIR = pathlib.Path(__file__).resolve().parent / "shipped"
 SHIPPED_NAME = "mobilenet_v1_idc"
@@ -73,6 +74,15 @@ class IDCModel:
     @property
     def name(self) -> str:
         return self.path.stem if self.source != "workdir" else self.path.name
+
+    @property
+    def context_stage(self) -> ContextStage | None:
+        """The slide-context second stage the weights carry (export_model.py fits it on the
+        run's validation patients), or None (training runs, weights exported without one).
+
+        Raises `ContextStageError` for a record this code cannot read."""
+        record = (self.record or {}).get("context_stage")
+        return None if record is None else ContextStage.from_record(record)
 
     def predict(self, patches) -> np.ndarray:
         """P(IDC), float32 [N], of RGB patches [N, H, W, 3] (see the module docstring)."""

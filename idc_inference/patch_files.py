@@ -1,8 +1,8 @@
 """P(IDC) of PNG patch files, and the CSV of predictions.
 
-    files, unreadable = patches.find_png_files(["data/idc_sample/9383"])
-    result = predict_files(predictor, files)           # P(IDC) of every readable file
-    write_predictions_csv("preds.csv", result, threshold=0.5)
+files, unreadable = patches.find_png_files(["data/idc_sample/9383"])
+result = predict_files(predictor, files)           # P(IDC) of every readable file
+write_predictions_csv("preds.csv", result, threshold=0.5)
 """
 
 from __future__ import annotations
@@ -135,6 +135,7 @@ def write_errors(path: str | os.PathLike, errors: Sequence[tuple[pathlib.Path, s
     with open(path, "w") as f:
         f.writelines(f"{file}\t{reason}\n" for file, reason in errors)
 
+
 def predict_to_csv(
     workdir: str,
     paths: list[str],
@@ -148,9 +149,7 @@ def predict_to_csv(
 ) -> dict:
     """Predicts every PNG under `paths`, writes `output` and `output`.errors.txt; returns counts."""
     files, errors = find_png_files(paths)
-    predictor, _, step = Predictor.from_workdir(
-        workdir, checkpoint, batch_size=batch_size, tta=tta
-    )
+    predictor, _, step = Predictor.from_workdir(workdir, checkpoint, batch_size=batch_size, tta=tta)
     cut = resolve_threshold(threshold, workdir, step)
     predictions = predict_files(predictor, files, num_threads=num_threads)
     errors += predictions.errors

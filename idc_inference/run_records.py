@@ -20,6 +20,7 @@ from collections.abc import Mapping
 import ml_collections
 import numpy as np
 
+from idc_inference.context_stage import ContextStage
 from idc_inference.weights import WeightsError, network_tensors, tensors_path, write_weights
 from input_pipeline import KAGGLE_PATCH_MPP
 
@@ -95,8 +96,12 @@ def export_workdir(
     *,
     checkpoint: str = "latest",
     with_patients: bool = True,
+    context_stage: ContextStage | None = None,
 ) -> dict:
     """Writes the inference weights of a checkpoint of a training run; returns the record.
+
+    `context_stage`, fitted on the run's validation patients, goes into the record for
+    map_slide.py --context.
 
     The threshold is the one tuned on validation at that checkpoint (summary.json's for the final
     one), the TTA setting the run's `eval_tta`. With `with_patients` the split is recomputed from
@@ -145,6 +150,7 @@ def export_workdir(
         "patients": patients,
         "patients_note": patients_note,
         "summary": without_machine_paths(summary) if summary else None,
+        "context_stage": None if context_stage is None else context_stage.to_record(),
         "exported_by": code_version(),
     }
     return write_weights(output, network_tensors(model), record)

@@ -14,7 +14,8 @@ What `map_slide` does, in order:
    `min_tissue` of it is tissue;
 3. P(IDC) of every tissue tile through the streaming pipeline (`tiles.stream`: worker threads
    read and resample tiles while the network runs; unreadable tiles are counted, skipped and
-   listed);
+   listed); with `context`, the slide-context stage then revises each tile's P(IDC) by its
+   neighbours' on the tile grid (`context_stage.ContextStage`), and the map is of that;
 4. the IDC regions at the threshold (`regions.idc_regions`), and with `labels` the agreement
    with the ground truth: tile-level ROC AUC and confusion counts, Dice of the regions
    (`slide_labels.py`);
@@ -22,7 +23,8 @@ What `map_slide` does, in order:
    - `<stem>.overlay.png`: P(IDC) over the thumbnail, colour bar, scale bar (`overlay.py`);
    - `<stem>.geojson`: the IDC regions for QuPath, level-0 pixels (`regions.py`);
    - `<stem>.tiles.csv`: every analysed tile: level-0 x, y, width, height, tissue fraction,
-     P(IDC), the call at the threshold, and the true label when labels were given;
+     P(IDC) of the map, the patch network's own P(IDC) (the same without `context`), the call
+     at the threshold, and the true label when labels were given;
    - `<stem>.unreadable.txt`: the tiles that could not be read, with why (empty when none);
    - `<stem>.summary.json`: tissue and IDC areas in mm2, the IDC fraction of the tissue, the
      slide, level and scale, the model, checkpoint, threshold and TTA, throughput, warnings.
@@ -40,6 +42,7 @@ import pathlib
 import numpy as np
 
 from idc_inference import regions, slide_files, slide_outputs, slide_thumbnails, tiles, tissue
+from idc_inference.context_stage import ContextStage
 from idc_inference.slide_labels import Labels, compare_with_labels, read_labels
 from idc_inference.slide_tiles import TileGeometry, TileReader, tile_grid
 
@@ -92,11 +95,14 @@ def map_slide(
     opacity: float = 0.6,
     smooth_um: float = 0.0,
     max_thumbnail: int = 2048,
+    context: ContextStage | None = None,
 ) -> dict:
     """Maps P(IDC) over one slide and writes its outputs (module docstring); returns the summary.
 
     `predictor` is an `idc_inference.predictor.Predictor`; `model` describes it for the record
-    (`IDCModel.describe()`: source, checkpoint, step, TTA, code version). Raises
+    (`IDCModel.describe()`: source, checkpoint, step, TTA, code version). `context`: the
+    slide-context stage to apply (`IDCModel.context_stage`); `threshold` then applies to its
+    P(IDC) (the stage's own threshold is `context.threshold`). Raises
     `slide_files.SlideError` for a slide that cannot be used and `LabelsError` for bad labels;
     neither leaves an output behind.
     """
@@ -141,7 +147,10 @@ def map_slide(
             f"be read; skipped, listed in {names['unreadable']}"
         )
     mapped = analysed.subset(result.indices)
-    p_idc = result.p_idc
+    patch_p_idc = result.p_idc
+    p_idc = patch_p_idc
+    if context is not None:
+        p_idc = context.predict(patch_p_idc, mapped.rows, mapped.cols)
     decisions = p_idc >= threshold
     smooth_px = smooth_um / slide.scale.mpp
     found = regions.idc_regions(
@@ -166,6 +175,7 @@ def map_slide(
         "model": model or {},
         "threshold": threshold,
         "tta": (model or {}).get("tta"),
+        "context_stage": None if context is None else context.to_record(),
         "tissue_area_mm2": tissue_area,
         "idc_tissue_area_mm2": idc_tissue_area,
         "idc_fraction_of_tissue": idc_tissue_area / tissue_area if tissue_area > 0 else 0.0,
@@ -205,6 +215,7 @@ def map_slide(
         thumbnail=thumbnail,
         mapped=mapped,
         p_idc=p_idc,
+        patch_p_idc=patch_p_idc,
         decisions=decisions,
         truth=truth,
         found=found,

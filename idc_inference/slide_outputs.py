@@ -32,6 +32,7 @@ TILE_CSV_COLUMNS = (
     "height",
     "tissue_fraction",
     "p_idc",
+    "p_idc_patch",
     "predicted_label",
     "true_label",
 )
@@ -103,6 +104,7 @@ def write_outputs(
     thumbnail: Thumbnail,
     mapped: TileGrid,
     p_idc: np.ndarray,
+    patch_p_idc: np.ndarray,
     decisions: np.ndarray,
     truth: np.ndarray,
     found: list[regions.Region],
@@ -114,8 +116,9 @@ def write_outputs(
     `summary` is the map's record (`slide_maps.map_slide`): it names the files (`outputs`),
     gives the threshold and the counts for the overlay's title, and receives `seconds_total`
     (since `started`) before it is written, last. `mapped` are the tiles predicted, with their
-    `p_idc`, `decisions` at the threshold and `truth` (-1 where unlabelled); `found` the IDC
-    regions; `unreadable` the (name, reason) of every tile that could not be read.
+    `p_idc` (of the map), `patch_p_idc` (the patch network's own), `decisions` at the threshold
+    and `truth` (-1 where unlabelled); `found` the IDC regions; `unreadable` the (name, reason)
+    of every tile that could not be read.
     """
     names = summary["outputs"]
     threshold = summary["threshold"]
@@ -133,6 +136,7 @@ def write_outputs(
                         _number(mapped.size[1]),
                         f"{mapped.tissue_fraction[i]:.3f}",
                         f"{p_idc[i]:.6f}",
+                        f"{patch_p_idc[i]:.6f}",
                         int(decisions[i]),
                         "" if truth[i] < 0 else int(truth[i]),
                     ]

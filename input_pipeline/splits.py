@@ -189,7 +189,9 @@ def parse_patients(text: str) -> np.ndarray:
     """'8863, 8914 9022' -> [8863, 8914, 9022]; raises ValueError on anything but integers."""
     words = text.replace(",", " ").split()
     if not all(word.isdigit() for word in words):
-        raise ValueError(f"data.test_patients must be patient ids separated by commas, got {text!r}")
+        raise ValueError(
+            f"data.test_patients must be patient ids separated by commas, got {text!r}"
+        )
     return np.asarray([int(word) for word in words], np.int64)
 
 
@@ -205,9 +207,7 @@ def make_splits(
     """Dispatches to the protocol named in the config (`config.data.split`)."""
     if test_patients.strip():
         if protocol != "patient":
-            raise ValueError(
-                f"data.test_patients needs data.split='patient', not {protocol!r}"
-            )
+            raise ValueError(f"data.test_patients needs data.split='patient', not {protocol!r}")
         return with_test_patients(
             patient, label, parse_patients(test_patients), seed, validation_fraction
         )

@@ -47,7 +47,10 @@ def _launch(workdir, data_dir, log_dir, *extra, num_processes=2, port=None):
         log = open(log_dir / f"process_{process_id}.log", "w")  # noqa: SIM115
         processes.append(
             subprocess.Popen(
-                command, cwd=REPO, env=subprocess_environment(), stdout=log,
+                command,
+                cwd=REPO,
+                env=subprocess_environment(),
+                stdout=log,
                 stderr=subprocess.STDOUT,
             )
         )

@@ -84,7 +84,9 @@ def test_named_test_patients_are_the_test_split_and_the_rest_split_by_patient(ta
     named = "101, 117,150 103"
     parts = splits.make_splits("patient", patient, label, seed=3, test_patients=named)
     assert set(patient[parts.test].tolist()) == {101, 103, 117, 150}
-    np.testing.assert_array_equal(parts.test, np.flatnonzero(np.isin(patient, [101, 103, 117, 150])))
+    np.testing.assert_array_equal(
+        parts.test, np.flatnonzero(np.isin(patient, [101, 103, 117, 150]))
+    )
     train, validation = set(patient[parts.train].tolist()), set(patient[parts.validation].tolist())
     assert not train & validation and not (train | validation) & {101, 103, 117, 150}
     assert len(train) + len(validation) == 56 and len(validation) == 8  # 15% of the other 56

@@ -13,8 +13,6 @@ from tests.references import abstract_model, counts, traced_shapes
 LAYER_OPTIONS = dict(bn_momentum=0.999, bn_epsilon=1e-3)
 
 
-
-
 @pytest.mark.parametrize(
     "alpha, params, batch_stats",
     # tf.keras.applications.MobileNetV2(alpha=..., weights=None).summary().

@@ -21,8 +21,6 @@ NAMES = {
 }
 
 
-
-
 # keras.applications.mobilenet_v3, transcribed from its `stack_fn`s as the arguments of
 # `_inverted_res_block`: (expansion, filters, kernel, stride, se, nonlinearity). "K", "SE" and
 # "NL" are Keras' variables: 5, 0.25 and hard-swish, or 3, None and ReLU when minimalistic.

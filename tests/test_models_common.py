@@ -125,7 +125,10 @@ def test_eval_mode_logits_of_an_image_do_not_depend_on_its_batch():
     """
     with jax.enable_x64(True):
         model = mobilenets.create(
-            "mobilenet_v2", alpha=0.25, dtype=jnp.float64, param_dtype=jnp.float64,
+            "mobilenet_v2",
+            alpha=0.25,
+            dtype=jnp.float64,
+            param_dtype=jnp.float64,
             rngs=nnx.Rngs(0),
         )
         model.eval()
@@ -179,7 +182,10 @@ def traced_macs(name: str, image_size: int, num_classes: int, alpha: float = 1.0
     """
     model = nnx.eval_shape(
         lambda: mobilenets.create(
-            name, alpha=alpha, num_classes=num_classes, implementation="reference",
+            name,
+            alpha=alpha,
+            num_classes=num_classes,
+            implementation="reference",
             rngs=nnx.Rngs(0),
         )
     )

@@ -14,8 +14,6 @@ from tests.references import abstract_model, counts, naive_dense_conv, traced_sh
 LAYER_OPTIONS = dict(bn_momentum=0.99, bn_epsilon=1.001e-5)
 
 
-
-
 def keras_resnet50_counts(classes):
     """(trainable, non-trainable) numbers of keras.applications.ResNet50, from its code: every
     Conv2D has a bias; every BatchNormalization 2 trainable and 2 non-trainable per channel."""

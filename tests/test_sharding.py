@@ -56,7 +56,11 @@ def one_process(data_dir, tmp_path_factory):
     env = _environment(device_count=8)
     result = subprocess.run(
         [sys.executable, str(PROBE), str(data_dir), str(output)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=900,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return _read(output)
@@ -77,7 +81,11 @@ def two_processes(data_dir, tmp_path_factory, one_process):
     processes = [
         subprocess.Popen(
             [sys.executable, str(PROBE), str(data_dir), str(output), coordinator, "2", str(i)],
-            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         for i in range(2)
     ]

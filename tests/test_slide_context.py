@@ -5,6 +5,7 @@ import pytest
 
 from experiment import slide_context
 from experiment.predictions import PatchPredictions
+from idc_inference import context_stage
 
 
 def scattered_slides(seed: int = 0) -> PatchPredictions:
@@ -81,7 +82,7 @@ def test_logistic_regression_matches_scikit_learn():
     rng = np.random.default_rng(0)
     features = rng.normal(size=(400, 3))
     labels = (features @ [1.5, -2.0, 0.5] + rng.normal(0, 1, 400) > 0.3).astype(int)
-    weights, bias = slide_context.fit_logistic_regression(features, labels, l2=2.0)
+    weights, bias = context_stage.fit_logistic_regression(features, labels, l2=2.0)
     # scikit-learn minimises C * sum(log loss) + |w|^2 / 2: C = 1 / l2 is the same objective.
     reference = LogisticRegression(C=0.5, tol=1e-12, max_iter=10_000).fit(features, labels)
     np.testing.assert_allclose(weights, reference.coef_[0], rtol=1e-5, atol=1e-7)
@@ -97,4 +98,18 @@ def test_context_model_learns_that_regions_matter():
     model = slide_context.fit_context_model(validation)
     from trainer import metrics
 
-    assert metrics.roc_auc(region, model.predict(validation)) > metrics.roc_auc(region, noisy)
+    context = slide_context.context_p_idc(model, validation)
+    assert metrics.roc_auc(region, context) > metrics.roc_auc(region, noisy)
+    # Its threshold is the one that maximises balanced accuracy on the patches it was fitted on.
+    assert model.threshold == metrics.best_threshold(region, context)
+    # The record (what a weights file carries) gives back the same stage.
+    again = context_stage.ContextStage.from_record(model.to_record())
+    np.testing.assert_array_equal(slide_context.context_p_idc(again, validation), context)
+
+
+def test_a_context_stage_record_with_the_wrong_weights_is_refused():
+    record = context_stage.ContextStage(np.zeros(5), 0.0).to_record()
+    with pytest.raises(context_stage.ContextStageError, match="needs 5 finite weights"):
+        context_stage.ContextStage.from_record({**record, "weights": [0.0] * 4})
+    with pytest.raises(context_stage.ContextStageError, match="unreadable"):
+        context_stage.ContextStage.from_record({k: v for k, v in record.items() if k != "bias"})

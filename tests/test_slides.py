@@ -742,3 +742,66 @@ def test_labels_may_be_kaggle_patch_names(tmp_path):
     order = np.lexsort((from_names.left, from_names.top))
     np.testing.assert_array_equal(from_names.left[order], from_xy.left)
     np.testing.assert_array_equal(from_names.label[order], from_xy.label)
+
+
+# ----------------------------------------------------------------------------- slide context
+
+
+def naive_context_p_idc(stage: dict, cols, rows, p_patch) -> np.ndarray:
+    """The context stage by hand: normalised Gaussian sums over every pair of tiles, the
+    neighbour count, and the logistic regression of the record."""
+    cols, rows, p_patch = (np.asarray(a, np.float64) for a in (cols, rows, p_patch))
+    logit = lambda p: np.log(p) - np.log1p(-p)  # noqa: E731
+    features = [logit(p_patch)]
+    for sigma in stage["sigmas"]:
+        radius = int(4.0 * sigma + 0.5)
+        dr, dc = np.abs(rows[:, None] - rows[None, :]), np.abs(cols[:, None] - cols[None, :])
+        weight = np.exp(-(dr**2 + dc**2) / (2 * sigma**2)) * ((dr <= radius) & (dc <= radius))
+        features.append(logit(weight @ p_patch / weight.sum(axis=1)))
+    adjacent = (np.abs(rows[:, None] - rows[None, :]) + np.abs(cols[:, None] - cols[None, :])) == 1
+    features.append(adjacent.sum(axis=1) / 4.0)
+    z = np.stack(features, axis=1) @ np.asarray(stage["weights"]) + stage["bias"]
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def test_program_maps_with_the_slide_context_stage_of_exported_weights(tmp_path, tiny_run):
+    weights = tmp_path / "tiny.safetensors"
+    result = run_program(
+        "export_model.py", f"--workdir={tiny_run}", f"--output={weights}", "--nopatients"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    stage = json.loads(weights.with_suffix(".json").read_text())["context_stage"]
+    assert len(stage["weights"]) == len(stage["sigmas"]) + 2 and 0 <= stage["threshold"] <= 1
+    assert "validation patients" in stage["fitted_on"]
+
+    out = tmp_path / "maps"
+    result = map_program(f"--workdir={weights}", f"--output_dir={out}", "--context", DEMO_SLIDE)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / f"{DEMO_PATIENT}.summary.json").read_text())
+    assert summary["context_stage"] == stage and summary["threshold"] == stage["threshold"]
+    rows = read_labels_csv(out / f"{DEMO_PATIENT}.tiles.csv")
+    p_patch = np.array([float(r["p_idc_patch"]) for r in rows])
+    p_context = np.array([float(r["p_idc"]) for r in rows])
+    expected = naive_context_p_idc(
+        stage,
+        [float(r["x"]) // 50 for r in rows],  # the demo slide is at the training scale
+        [float(r["y"]) // 50 for r in rows],
+        p_patch,
+    )
+    # The CSV's 6 decimals (5e-7) move a logit by at most 5e-7 / (p (1 - p)); through the
+    # weights that bounds the logistic's input, and P(IDC) moves by at most a quarter of it.
+    shift = 5e-7 / np.min(p_patch * (1 - p_patch)) * np.sum(np.abs(stage["weights"]))
+    assert shift / 4 < 1e-3, "the tiny run's P(IDC) is too close to 0 or 1 for this check"
+    np.testing.assert_allclose(p_context, expected, rtol=0, atol=shift / 4 + 1e-6)
+    assert not np.allclose(p_context, p_patch, atol=1e-3), "the stage changed nothing"
+    for row in rows:
+        assert int(row["predicted_label"]) == int(float(row["p_idc"]) >= stage["threshold"])
+
+
+def test_program_context_needs_a_model_that_carries_the_stage(tmp_path, tiny_run):
+    out = tmp_path / "out"
+    result = map_program(f"--workdir={tiny_run}", f"--output_dir={out}", "--context", DEMO_SLIDE)
+    assert result.returncode == 2
+    line = one_error_line(result)
+    assert "carries no slide-context stage" in line and "export_model.py" in line
+    assert_nothing_written(out)

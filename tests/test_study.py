@@ -20,14 +20,14 @@ def test_prior_correction_undoes_balanced_class_weights():
     np.testing.assert_allclose(study.prior_corrected(table, counts).p_idc, p, rtol=1e-5)
 
 
-def fake_run(path, rng, quality, train_patients, train_patches):
+def fake_run(path, rng, quality, train_patients, train_patches, first_test_patient=100):
     path.mkdir(parents=True)
     counts = {"patches": train_patches, "positives": train_patches // 4, "patients": train_patients}
     held_out = {"patches": 5_000, "positives": 1_000, "patients": 37}
     split_counts = {"train": counts, "validation": held_out, "test": held_out}
     (path / "summary.json").write_text(json.dumps({"data_info": {"counts": split_counts}}))
-    for split, num_patients in (("validation", 8), ("test", 10)):
-        patient = np.repeat(np.arange(num_patients, dtype=np.int32) + 100, 36)
+    for split, num_patients, first in (("validation", 8, 900), ("test", 10, first_test_patient)):
+        patient = np.repeat(np.arange(num_patients, dtype=np.int32) + first, 36)
         cell = np.tile(np.arange(36), num_patients)
         x, y = (cell % 6) * 50 + 1, (cell // 6) * 50 + 1
         label = ((cell % 6) < 2 + patient % 3).astype(np.int32)  # an IDC band on each slide
@@ -50,12 +50,16 @@ def experiment_dir(tmp_path_factory):
     fake_run(root / "mobilenet_v2_patient", rng, 0.35, 171, 24_000)
     fake_run(root / "v1_patients_0.25", rng, 0.2, 43, 6_000)
     fake_run(root / "v1_patients_0.5", rng, 0.3, 86, 12_000)
+    # The folds of the cross-validation over slides: other test patients, whole slides.
+    for network, quality in (("v1", 0.4), ("v2", 0.35)):
+        for fold, first in (("a", 200), ("b", 300)):
+            fake_run(root / f"{network}_slides_{fold}", rng, quality, 200, 24_000, first)
     return root
 
 
 def test_report_scores_every_run_on_its_own_predictions(experiment_dir):
     report = study.render(experiment_dir)
-    assert "Runs not found (skipped): `v1_class_weights`." in report
+    assert "`v1_class_weights`" in report.split("Runs not found (skipped): ")[1].split("\n")[0]
     test = np.load(experiment_dir / "mobilenet_v1_patient" / "predictions_test.npz")
     auc = metrics.roc_auc(test["label"], test["p_idc"])
     row = next(line for line in report.splitlines() if line.startswith("| `mobilenet_v1_patient`"))
@@ -64,3 +68,50 @@ def test_report_scores_every_run_on_its_own_predictions(experiment_dir):
     # The IDC bands are regions: smoothing must be chosen and help on these slides.
     assert "## Slide context" in report and "smoothed, sigma" in report
     assert "Fitted power law" in report
+
+
+def test_cross_validation_over_slides_pools_held_out_slides_at_each_runs_threshold(
+    experiment_dir,
+):
+    from experiment import slide_folds
+
+    report = study.render(experiment_dir)
+    section = report.split("## Slide context on whole slides held out")[1].split("\n## ")[0]
+    runs = ("mobilenet_v2_patient", "v2_slides_a", "v2_slides_b")
+    tables = [
+        {
+            split: dict(np.load(experiment_dir / run / f"predictions_{split}.npz"))
+            for split in ("validation", "test")
+        }
+        for run in runs
+    ]
+    # Patch only: ROC AUC of the pooled P(IDC); balanced accuracy with each run's calls at the
+    # threshold that maximises its own validation balanced accuracy (scikit-learn's, over the
+    # midpoints between distinct validation P(IDC)).
+    from sklearn.metrics import balanced_accuracy_score
+
+    label = np.concatenate([t["test"]["label"] for t in tables])
+    p = np.concatenate([t["test"]["p_idc"] for t in tables])
+    calls = []
+    for t in tables:
+        validation = t["validation"]
+        distinct = np.unique(validation["p_idc"].astype(np.float64))
+        candidates = (distinct[:-1] + distinct[1:]) / 2
+        scores = [
+            balanced_accuracy_score(validation["label"], validation["p_idc"] >= c)
+            for c in candidates
+        ]
+        best = candidates[int(np.argmax(scores))]
+        calls.append((t["test"]["p_idc"] >= best).astype(int))
+    balanced = balanced_accuracy_score(label, np.concatenate(calls))
+    row = next(
+        line for line in section.splitlines() if line.startswith("| MobileNetV2 | patch only |")
+    )
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[2] == f"30 ({len(label):,})"
+    assert cells[3].startswith(f"{metrics.roc_auc(label, p):.3f} [")
+    assert cells[5].startswith(f"{balanced:.3f} [")
+    assert "| MobileNetV1 + MobileNetV2 (mean P(IDC)) | learned second stage |" in section
+    # Shifting P(IDC) by a run's threshold keeps every call.
+    shifted = slide_folds.at_own_threshold(p, 0.3)
+    np.testing.assert_array_equal(shifted >= 0.5, p >= 0.3)

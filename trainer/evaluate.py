@@ -121,4 +121,3 @@ class BatchNormRecalibration:
         if count == 0:
             return state
         return state.replace(batch_stats=jax.tree.map(lambda t: t / count, total))
-

@@ -38,7 +38,7 @@ class TrainState:
 
 
 def compute_dtype(config: ml_collections.ConfigDict) -> jnp.dtype:
-    """"auto": bfloat16 on accelerators, float32 on the CPU (`mobilenets.configured`)."""
+    """ "auto": bfloat16 on accelerators, float32 on the CPU (`mobilenets.configured`)."""
     return configured.compute_dtype(config)
 
 

@@ -35,9 +35,7 @@ def build_summary(
 ) -> dict:
     """summary.json's content (without wall time and invocations, which the loop adds)."""
     threshold = history[-1]["val_tuned_threshold"] if history else 0.5
-    tuned = metrics.full_report(
-        test_labels, test_probabilities, test_patients, threshold=threshold
-    )
+    tuned = metrics.full_report(test_labels, test_probabilities, test_patients, threshold=threshold)
     profile = state_lib.model_profile(config)
     last = history[-1] if history else {}
     return {

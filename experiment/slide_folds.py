@@ -1,0 +1,144 @@
+"""Slide context judged on whole slides that no part of the pipeline trained on.
+
+For each network, the runs of `study.SLIDE_FOLDS`: the split of seed 0 (5 of the 27 whole slides
+among its test patients) and two folds whose test patients are the other 22 slides
+(`data.test_patients`), each run trained and validated on the remaining patients. In each run the
+smoothing width, the second stage and every threshold are chosen on that run's validation
+patients; its held-out slides are then scored. The three runs' slides are pooled (27 patients,
+each predicted by a network that never saw it), and intervals come from the bootstrap over those
+patients.
+
+Pooling runs: ROC AUC and ECE are of the pooled P(IDC) as the runs give it. Balanced accuracy and
+F1 use each run's own validation threshold: P(IDC) is shifted in logit by that threshold
+(`at_own_threshold`: the threshold moves to 0.5, and each patch's call is unchanged) before the
+calls are pooled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from experiment import slide_context
+from experiment.markdown import fmt, fmt_interval, markdown_table
+from experiment.predictions import PatchPredictions
+from experiment.scoring import METRIC_COLUMNS, Scored, mean_p_idc, whole_slide_patients
+from trainer import metrics, uncertainty
+
+_EPS = 1e-7
+
+
+def at_own_threshold(p_idc: np.ndarray, threshold: float) -> np.ndarray:
+    """P(IDC) shifted in logit so that `threshold` falls on 0.5 (the calls are unchanged)."""
+    p = np.clip(np.asarray(p_idc, np.float64), _EPS, 1 - _EPS)
+    t = float(np.clip(threshold, _EPS, 1 - _EPS))
+    logit = np.log(p) - np.log1p(-p) - (np.log(t) - np.log1p(-t))
+    return (1.0 / (1.0 + np.exp(-logit))).astype(np.float32)
+
+
+def pooled_cells(parts: Sequence[tuple[PatchPredictions, float]]) -> list[str]:
+    """METRIC_COLUMNS of the pooled held-out slides, each part at its own threshold."""
+    pooled = _concatenate([table for table, _ in parts])
+    shifted = pooled.with_p_idc(
+        np.concatenate([at_own_threshold(t.p_idc, threshold) for t, threshold in parts])
+    )
+    intervals = dict(num_resamples=2000, seed=0)
+    raw = uncertainty.bootstrap_intervals(
+        pooled.label, pooled.p_idc, pooled.patient, threshold=0.5, **intervals
+    )
+    tuned = uncertainty.bootstrap_intervals(
+        shifted.label,
+        shifted.p_idc,
+        shifted.patient,
+        threshold=0.5,
+        metric_names=("balanced_accuracy", "f1"),
+        **intervals,
+    )
+    return [
+        fmt_interval(raw["roc_auc"]),
+        fmt(raw["balanced_accuracy"]["estimate"]),
+        fmt_interval(tuned["balanced_accuracy"]),
+        fmt_interval(tuned["f1"]),
+        fmt(metrics.expected_calibration_error(pooled.label, pooled.p_idc)),
+    ]
+
+
+def _concatenate(tables: Sequence[PatchPredictions]) -> PatchPredictions:
+    patients = [set(t.patient.tolist()) for t in tables]
+    if sum(map(len, patients)) != len(set().union(*patients)):
+        raise ValueError("a patient is held out by two runs of one cross-validation")
+    return PatchPredictions(
+        *(
+            np.concatenate([getattr(t, field) for t in tables])
+            for field in ("p_idc", "label", "patient", "x", "y")
+        )
+    )
+
+
+def held_out_methods(run: Scored) -> dict[str, tuple[PatchPredictions, float, str]]:
+    """The run's held-out whole slides under each method: (P(IDC), its threshold, the choice)."""
+    slides = whole_slide_patients(run.test)
+    test = run.test.select(np.flatnonzero(np.isin(run.test.patient, slides)))
+    choice = slide_context.choose_sigma(run.validation)
+    stage = slide_context.fit_context_model(run.validation)
+    return {
+        "patch only": (test, run.threshold, ""),
+        "smoothed": (
+            test.with_p_idc(slide_context.smooth_on_grid(test, choice.sigma)),
+            choice.threshold,
+            f"sigma {choice.sigma:g}",
+        ),
+        "learned second stage": (
+            test.with_p_idc(slide_context.context_p_idc(stage, test)),
+            stage.threshold,
+            "",
+        ),
+    }
+
+
+def section(scored: Mapping[str, Scored], folds: Mapping[str, Sequence[str]]) -> list[str]:
+    """The study's table of the cross-validation over whole slides (empty without its runs)."""
+    networks = {
+        network: [scored[name] for name in runs]
+        for network, runs in folds.items()
+        if all(name in scored for name in runs)
+    }
+    if not networks:
+        return []
+    if len(networks) == len(folds) > 1:  # the ensemble of the networks, run by run
+        runs_of = list(networks.values())
+        networks[" + ".join(networks) + " (mean P(IDC))"] = [
+            Scored(
+                " + ".join(r.name for r in same_split),
+                mean_p_idc([r.validation for r in same_split]),
+                mean_p_idc([r.test for r in same_split]),
+            )
+            for same_split in zip(*runs_of)
+        ]
+    rows, widths = [], []
+    for network, runs in networks.items():
+        by_method: dict[str, list] = {}
+        for run in runs:
+            for method, (table, threshold, choice) in held_out_methods(run).items():
+                by_method.setdefault(method, []).append((table, threshold))
+                if choice:
+                    widths.append(f"{network} `{run.name}` {choice}")
+        for method, parts in by_method.items():
+            slides = sum(len(np.unique(t.patient)) for t, _ in parts)
+            patches = sum(len(t.label) for t, _ in parts)
+            rows.append([network, method, f"{slides} ({patches:,})", *pooled_cells(parts)])
+    return [
+        "## Slide context on whole slides held out of training (cross-validation)",
+        "",
+        "Each network trained three times: on the split of seed 0 (its test patients hold 5 of "
+        "the 27 whole slides) and on two folds that hold out the other 22 slides as their test "
+        "patients (`data.test_patients`). Every choice (width, second stage, thresholds) was "
+        "made on each run's own validation patients; the held-out slides of the three runs are "
+        "pooled, each predicted by a network that never trained on its patient. Balanced "
+        "accuracy and F1 use each run's own threshold; intervals are over the pooled slides "
+        "(patients). Widths chosen: " + "; ".join(widths) + ".",
+        "",
+        markdown_table(("Network", "P(IDC)", "Slides (patches)", *METRIC_COLUMNS), rows),
+        "",
+    ]
