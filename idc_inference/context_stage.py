@@ -30,8 +30,6 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from scipy import ndimage
 
-from trainer import metrics
-
 # Beyond this many standard deviations a Gaussian's weight is below 1e-4 of its peak.
 TRUNCATE = 4.0
 # The widths (in tiles) the stage reads: the neighbours, the surroundings, the region.
@@ -203,6 +201,8 @@ def fit_context_stage(
 ) -> ContextStage:
     """The second stage fitted on these tiles (patients the patch network never trained on),
     with the threshold that maximises their balanced accuracy."""
+    from trainer import metrics  # noqa: PLC0415 (fitting only: the export venv has no trainer)
+
     features = context_features(p_idc, rows, cols, groups)
     weights, bias = fit_logistic_regression(features, labels, l2)
     stage = ContextStage(weights, bias, CONTEXT_SIGMAS, 0.5, fitted_on)
