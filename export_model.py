@@ -57,6 +57,13 @@ def define_flags() -> None:
         "and store it with the weights (needs the run's data unless its "
         "predictions_validation.npz is there).",
     )
+    flags.DEFINE_list(
+        "context_slides",
+        None,
+        "Training runs whose held-out whole slides (test patients that are whole slides) the "
+        "slide-context stage is fitted on instead of the run's validation patients: a stage for "
+        "whole slides learns best from whole slides (results/real_245).",
+    )
     flags.mark_flags_as_required(["output"])
 
 
@@ -104,16 +111,29 @@ def export_weights(output: pathlib.Path) -> None:
 
 
 def fit_context_stage(workdir: pathlib.Path):
-    """The slide-context stage fitted on the run's validation patients at --checkpoint."""
-    from experiment import predictions, slide_context  # noqa: PLC0415
+    """The slide-context stage fitted on the run's validation patients at --checkpoint, or on
+    the held-out whole slides of --context_slides."""
+    from experiment import predictions, slide_context, slide_folds  # noqa: PLC0415
 
-    validation = predictions.split_predictions(workdir, "validation", FLAGS.checkpoint)
-    patients = len(set(validation.patient.tolist()))
-    stage = slide_context.fit_context_model(
-        validation,
-        fitted_on=f"the run's {patients} validation patients ({len(validation.label):,} patches), "
-        f"checkpoint {FLAGS.checkpoint}",
-    )
+    if FLAGS.context_slides:
+        for run in FLAGS.context_slides:
+            if not (pathlib.Path(run) / "summary.json").is_file():
+                fail(f"--context_slides: {run} is not a finished training run (no summary.json)")
+        table = slide_folds.held_out_slides_of_runs(FLAGS.context_slides)
+        names = ", ".join(pathlib.Path(run).name for run in FLAGS.context_slides)
+        fitted_on = (
+            f"{len(set(table.patient.tolist()))} whole slides ({len(table.label):,} patches) held "
+            f"out of the training of runs {names}"
+        )
+    else:
+        table = predictions.split_predictions(workdir, "validation", FLAGS.checkpoint)
+        fitted_on = (
+            f"the run's {len(set(table.patient.tolist()))} validation patients "
+            f"({len(table.label):,} patches), checkpoint {FLAGS.checkpoint}"
+        )
+    if not len(table.label) or len(set(table.label.tolist())) < 2:
+        fail(f"the slide-context stage needs patches of both classes to fit on ({fitted_on})")
+    stage = slide_context.fit_context_model(table, fitted_on=fitted_on)
     print(f"slide-context stage fitted on {stage.fitted_on}: threshold {stage.threshold:.4g}")
     return stage
 

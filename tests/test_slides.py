@@ -805,3 +805,18 @@ def test_program_context_needs_a_model_that_carries_the_stage(tmp_path, tiny_run
     line = one_error_line(result)
     assert "carries no slide-context stage" in line and "export_model.py" in line
     assert_nothing_written(out)
+
+
+def test_export_refuses_context_slides_that_cannot_teach_the_stage(tmp_path, tiny_run):
+    weights = tmp_path / "tiny.safetensors"
+    export = ("export_model.py", f"--workdir={tiny_run}", f"--output={weights}", "--nopatients")
+    result = run_program(*export, f"--context_slides={tmp_path / 'nothing'}")
+    assert result.returncode == 2
+    assert "is not a finished training run" in one_error_line(result)
+    # The tiny run's test patients are scattered patches: no whole slide to fit on. (The run's
+    # test P(IDC) are computed first, which logs the split: the error is the last line.)
+    result = run_program(*export, f"--context_slides={tiny_run}")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "needs patches of both classes" in last
+    assert not weights.exists()

@@ -88,7 +88,7 @@ def test_cross_validation_over_slides_pools_held_out_slides_at_each_runs_thresho
     # Patch only: ROC AUC of the pooled P(IDC); balanced accuracy with each run's calls at the
     # threshold that maximises its own validation balanced accuracy (scikit-learn's, over the
     # midpoints between distinct validation P(IDC)).
-    from sklearn.metrics import balanced_accuracy_score
+    from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
     label = np.concatenate([t["test"]["label"] for t in tables])
     p = np.concatenate([t["test"]["p_idc"] for t in tables])
@@ -105,13 +105,35 @@ def test_cross_validation_over_slides_pools_held_out_slides_at_each_runs_thresho
         calls.append((t["test"]["p_idc"] >= best).astype(int))
     balanced = balanced_accuracy_score(label, np.concatenate(calls))
     row = next(
-        line for line in section.splitlines() if line.startswith("| MobileNetV2 | patch only |")
+        line
+        for line in section.splitlines()
+        if line.startswith("| MobileNetV2 | patch only | validation |")
     )
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[2] == f"30 ({len(label):,})"
-    assert cells[3].startswith(f"{metrics.roc_auc(label, p):.3f} [")
-    assert cells[5].startswith(f"{balanced:.3f} [")
-    assert "| MobileNetV1 + MobileNetV2 (mean P(IDC)) | learned second stage |" in section
+    assert cells[3] == f"30 ({len(label):,})"
+    assert cells[4].startswith(f"{metrics.roc_auc(label, p):.3f} [")
+    patient = np.concatenate([t["test"]["patient"] for t in tables])
+    within = [roc_auc_score(label[patient == k], p[patient == k]) for k in np.unique(patient)]
+    assert cells[5].startswith(f"{np.mean(within):.3f} [")
+    assert cells[6].startswith(f"{balanced:.3f} [")
+    assert "| MobileNetV1 + MobileNetV2 (mean P(IDC)) | learned second stage | other slides |" in (
+        section
+    )
     # Shifting P(IDC) by a run's threshold keeps every call.
     shifted = slide_folds.at_own_threshold(p, 0.3)
     np.testing.assert_array_equal(shifted >= 0.5, p >= 0.3)
+
+
+def test_held_out_slides_of_runs_pool_the_whole_slides_of_each_runs_test_patients(
+    experiment_dir,
+):
+    from experiment import slide_folds
+
+    runs = [experiment_dir / name for name in ("v2_slides_a", "v2_slides_b")]
+    pooled = slide_folds.held_out_slides_of_runs([str(r) for r in runs])
+    tests = [np.load(r / "predictions_test.npz") for r in runs]
+    # The fake runs' test patients are all dense 6 x 6 grids: every one is a whole slide.
+    np.testing.assert_array_equal(pooled.patient, np.concatenate([t["patient"] for t in tests]))
+    np.testing.assert_array_equal(pooled.p_idc, np.concatenate([t["p_idc"] for t in tests]))
+    with pytest.raises(ValueError, match="held out by two runs"):
+        slide_folds.held_out_slides_of_runs([str(runs[0]), str(runs[0])])
