@@ -46,19 +46,29 @@ class Scored:
         return metrics.best_threshold(self.validation.label, self.validation.p_idc)
 
 
-def metric_cells(test: PatchPredictions, threshold: float) -> list[str]:
+def scored_intervals(
+    test: PatchPredictions, threshold: float, calls: PatchPredictions | None = None
+) -> tuple[dict, dict]:
+    """Bootstrap intervals over test patients: (everything at 0.5, balanced accuracy and F1 of
+    the calls at `threshold`), the calls from `calls`' P(IDC) (default: `test`'s)."""
+    calls = test if calls is None else calls
     intervals = dict(num_resamples=2000, seed=0)
     at_half = uncertainty.bootstrap_intervals(
         test.label, test.p_idc, test.patient, threshold=0.5, **intervals
     )
     tuned = uncertainty.bootstrap_intervals(
-        test.label,
-        test.p_idc,
-        test.patient,
+        calls.label,
+        calls.p_idc,
+        calls.patient,
         threshold=threshold,
         metric_names=("balanced_accuracy", "f1"),
         **intervals,
     )
+    return at_half, tuned
+
+
+def metric_cells(test: PatchPredictions, threshold: float) -> list[str]:
+    at_half, tuned = scored_intervals(test, threshold)
     return [
         fmt_interval(at_half["roc_auc"]),
         fmt(at_half["balanced_accuracy"]["estimate"]),

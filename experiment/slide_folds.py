@@ -24,8 +24,14 @@ import numpy as np
 from experiment import slide_context
 from experiment.markdown import fmt, fmt_interval, markdown_table
 from experiment.predictions import PatchPredictions
-from experiment.scoring import METRIC_COLUMNS, Scored, mean_p_idc, whole_slide_patients
-from trainer import metrics, uncertainty
+from experiment.scoring import (
+    METRIC_COLUMNS,
+    Scored,
+    mean_p_idc,
+    scored_intervals,
+    whole_slide_patients,
+)
+from trainer import metrics
 
 _EPS = 1e-7
 
@@ -72,18 +78,7 @@ def pooled_cells(parts: Sequence[tuple[PatchPredictions, float]]) -> list[str]:
     shifted = pooled.with_p_idc(
         np.concatenate([at_own_threshold(t.p_idc, threshold) for t, threshold in parts])
     )
-    intervals = dict(num_resamples=2000, seed=0)
-    raw = uncertainty.bootstrap_intervals(
-        pooled.label, pooled.p_idc, pooled.patient, threshold=0.5, **intervals
-    )
-    tuned = uncertainty.bootstrap_intervals(
-        shifted.label,
-        shifted.p_idc,
-        shifted.patient,
-        threshold=0.5,
-        metric_names=("balanced_accuracy", "f1"),
-        **intervals,
-    )
+    raw, tuned = scored_intervals(pooled, 0.5, calls=shifted)
     return [
         fmt_interval(raw["roc_auc"]),
         fmt_interval(per_slide_roc_auc(pooled)),
