@@ -28,6 +28,7 @@ from experiment.scoring import (
     whole_slide_patients,
 )
 from input_pipeline import KAGGLE_PATCHES
+from trainer import metrics
 from trainer.rundir import RunDirectory
 
 # Run directory names of an experiment, by role.
@@ -110,13 +111,22 @@ def render(workdir: str | pathlib.Path) -> str:
                 )
             )
 
-    rows = [[f"`{m.name}`", fmt(m.threshold), *metric_cells(m.test, m.threshold)] for m in methods]
+    rows = [
+        [
+            f"`{m.name}`",
+            fmt(metrics.roc_auc(m.validation.label, m.validation.p_idc)),
+            fmt(m.threshold),
+            *metric_cells(m.test, m.threshold),
+        ]
+        for m in methods
+    ]
     parts += [
         "## Patch only (test patients, patient split)",
         "",
-        "Thresholds are chosen on the validation patients (maximum balanced accuracy).",
+        "Thresholds are chosen on the validation patients (maximum balanced accuracy); the "
+        "validation ROC AUC is what a choice between the methods may use.",
         "",
-        markdown_table(("Method", "Val. threshold", *METRIC_COLUMNS), rows),
+        markdown_table(("Method", "Val. ROC AUC", "Val. threshold", *METRIC_COLUMNS), rows),
         "",
     ]
     parts += _context_section(methods)
