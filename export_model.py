@@ -57,6 +57,14 @@ def define_flags() -> None:
         "and store it with the weights (needs the run's data unless its "
         "predictions_validation.npz is there).",
     )
+    flags.DEFINE_enum(
+        "context_kind",
+        "smoothing",
+        ["smoothing", "learned"],
+        "The slide-context stage: P(IDC) smoothed over the tile grid at a width chosen on the "
+        "fitting patients, or the learned logistic regression over three widths (on held-out "
+        "whole slides the two ranked alike and smoothing called better, results/real_245).",
+    )
     flags.DEFINE_list(
         "context_slides",
         None,
@@ -133,7 +141,10 @@ def fit_context_stage(workdir: pathlib.Path):
         )
     if not len(table.label) or len(set(table.label.tolist())) < 2:
         fail(f"the slide-context stage needs patches of both classes to fit on ({fitted_on})")
-    stage = slide_context.fit_context_model(table, fitted_on=fitted_on)
+    if FLAGS.context_kind == "smoothing":
+        stage = slide_context.fit_smoothing_stage(table, fitted_on=fitted_on)
+    else:
+        stage = slide_context.fit_context_model(table, fitted_on=fitted_on)
     print(f"slide-context stage fitted on {stage.fitted_on}: threshold {stage.threshold:.4g}")
     return stage
 

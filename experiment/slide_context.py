@@ -88,6 +88,12 @@ def fit_context_model(
     )
 
 
+def fit_smoothing_stage(table: PatchPredictions, fitted_on: str = "") -> ContextStage:
+    """Smoothing as a context stage, its width and threshold chosen on `table`."""
+    choice = choose_sigma(table)  # the study's choice; sigma 0 would leave P(IDC) as it is
+    return ContextStage.smoothing(choice.sigma, choice.threshold, fitted_on)
+
+
 def context_p_idc(stage: ContextStage, table: PatchPredictions) -> np.ndarray:
     """The second stage's P(IDC) of every patch of `table` (each patient one slide)."""
     rows, cols = grid_cells(table.x, table.y)

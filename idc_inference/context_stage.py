@@ -13,6 +13,10 @@ are in-sample and too confident to teach it), so its probabilities stay calibrat
 smoothing pulls them towards the region's mean. `experiment/study.py` judges it against the
 patch-only network and plain smoothing on held-out whole slides.
 
+Plain smoothing (P(IDC) averaged over the neighbours at one width) is the special case
+`ContextStage.smoothing`; on whole slides held out of training it did as well as the learned
+stage (results/real_245), and it is what the shipped model carries.
+
 `smooth_on_grid` is a normalised Gaussian convolution (Knutsson & Westin 1993): the weighted sum
 of the neighbours' P(IDC) divided by the sum of the weights of the neighbours that exist, so a
 tile at the slide's edge or next to a missing one averages only over what is there, and an
@@ -142,6 +146,15 @@ class ContextStage:
     sigmas: tuple[float, ...] = CONTEXT_SIGMAS
     threshold: float = 0.5  # maximises balanced accuracy on the patients it was fitted on
     fitted_on: str = ""  # which patients, for the record
+    kind: str = "logistic regression"  # or "smoothing" (`ContextStage.smoothing`)
+
+    @classmethod
+    def smoothing(cls, sigma: float, threshold: float, fitted_on: str = "") -> ContextStage:
+        """Plain smoothing as a stage: the logistic of the logit of P(IDC) smoothed at `sigma`
+        is that smoothed P(IDC) (up to the logit's clipping at 1e-6)."""
+        return cls(
+            np.array([0.0, 1.0, 0.0]), 0.0, (float(sigma),), threshold, fitted_on, "smoothing"
+        )
 
     def predict(
         self,
@@ -156,7 +169,7 @@ class ContextStage:
     def to_record(self) -> dict:
         """Plain JSON values for a weights record (`idc_inference.weights`)."""
         return {
-            "kind": "logistic regression over the grid of patch P(IDC)",
+            "kind": self.kind,
             "features": ["logit P(IDC)"]
             + [f"logit P(IDC) smoothed, sigma {s:g} tiles" for s in self.sigmas]
             + ["fraction of the 4 grid neighbours present"],
@@ -178,6 +191,7 @@ class ContextStage:
                 sigmas,
                 float(record["threshold"]),
                 str(record.get("fitted_on", "")),
+                str(record.get("kind", "logistic regression")),
             )
         except (KeyError, TypeError, ValueError) as error:
             raise ContextStageError(f"unreadable context stage ({error!r})") from None

@@ -113,3 +113,24 @@ def test_a_context_stage_record_with_the_wrong_weights_is_refused():
         context_stage.ContextStage.from_record({**record, "weights": [0.0] * 4})
     with pytest.raises(context_stage.ContextStageError, match="unreadable"):
         context_stage.ContextStage.from_record({k: v for k, v in record.items() if k != "bias"})
+
+
+def test_the_smoothing_stage_is_smoothing_at_its_chosen_width():
+    table = scattered_slides(5)
+    rows, cols = (table.y - 1) // 50, (table.x - 1) // 50
+    region = ((rows - 4) ** 2 + (cols - 6) ** 2 < 10).astype(np.int32)
+    noisy = np.clip(0.3 + 0.4 * region + np.random.default_rng(6).normal(0, 0.3, len(rows)), 0, 1)
+    # Away from 0 and 1, where the stage's logit clips at 1e-6.
+    noisy = np.clip(noisy, 0.01, 0.99).astype(np.float32)
+    validation = PatchPredictions(noisy, region, table.patient, table.x, table.y)
+    stage = slide_context.fit_smoothing_stage(validation)
+    choice = slide_context.choose_sigma(validation)
+    assert choice.sigma > 0 and stage.kind == "smoothing" and stage.sigmas == (choice.sigma,)
+    assert stage.threshold == choice.threshold
+    expected = naive_smoothing(validation, choice.sigma)
+    np.testing.assert_allclose(
+        slide_context.context_p_idc(stage, validation), expected, rtol=0, atol=1e-6
+    )
+    again = context_stage.ContextStage.from_record(stage.to_record())
+    assert again.kind == "smoothing" and again.sigmas == stage.sigmas
+    np.testing.assert_array_equal(again.weights, stage.weights)
