@@ -100,10 +100,10 @@ def _concatenate(tables: Sequence[PatchPredictions]) -> PatchPredictions:
     )
 
 
-def held_out_slides(run: Scored) -> PatchPredictions:
-    """The run's test patches of patients that are whole slides."""
-    slides = whole_slide_patients(run.test)
-    return run.test.select(np.flatnonzero(np.isin(run.test.patient, slides)))
+def held_out_slides(test: PatchPredictions) -> PatchPredictions:
+    """A run's test patches of the patients that are whole slides."""
+    slides = whole_slide_patients(test)
+    return test.select(np.flatnonzero(np.isin(test.patient, slides)))
 
 
 def held_out_slides_of_runs(workdirs: Sequence[str]) -> PatchPredictions:
@@ -111,12 +111,9 @@ def held_out_slides_of_runs(workdirs: Sequence[str]) -> PatchPredictions:
     is fitted on (export_model.py --context_slides)."""
     from experiment.predictions import split_predictions  # noqa: PLC0415
 
-    tables = []
-    for workdir in workdirs:
-        test = split_predictions(workdir, "test")
-        slides = whole_slide_patients(test)
-        tables.append(test.select(np.flatnonzero(np.isin(test.patient, slides))))
-    return _concatenate(tables)
+    return _concatenate(
+        [held_out_slides(split_predictions(workdir, "test")) for workdir in workdirs]
+    )
 
 
 def context_methods(
@@ -167,7 +164,7 @@ def section(scored: Mapping[str, Scored], folds: Mapping[str, Sequence[str]]) ->
         ]
     rows, widths = [], []
     for network, runs in networks.items():
-        held_out = [held_out_slides(run) for run in runs]
+        held_out = [held_out_slides(run.test) for run in runs]
         by_method: dict[tuple[str, str], list] = {}
         for i, (run, test) in enumerate(zip(runs, held_out)):
             choose_on = {

@@ -622,6 +622,14 @@ def assert_nothing_written(out: pathlib.Path):
     assert not out.exists() or not any(out.iterdir()), list(out.iterdir())
 
 
+def assert_refused(result, out: pathlib.Path, *words: str):
+    """Exit status 2, one `error:` line holding every word, and no output written."""
+    assert result.returncode == 2
+    line = one_error_line(result)
+    assert all(word in line for word in words), (words, line)
+    assert_nothing_written(out)
+
+
 def test_program_help_says_what_it_reads_and_writes():
     result = run_program("map_slide.py", "--help")  # absl exits with 1 after the help
     for words in ("Reads:", "Writes", "overlay.png", "geojson", "tiles.csv", "summary.json"):
@@ -633,10 +641,7 @@ def test_program_refuses_a_file_that_is_not_a_slide(tmp_path, tiny_run):
     not_a_slide.write_text("these are notes, not a slide\n")
     out = tmp_path / "out"
     result = map_program(f"--workdir={tiny_run}", f"--output_dir={out}", not_a_slide)
-    assert result.returncode == 2
-    line = one_error_line(result)
-    assert str(not_a_slide) in line and "not a slide file" in line
-    assert_nothing_written(out)
+    assert_refused(result, out, str(not_a_slide), "not a slide file")
 
 
 @pytest.mark.parametrize("cut", ["in_the_image_data", "before_a_directory"])
@@ -653,10 +658,7 @@ def test_program_refuses_a_truncated_tiff(tmp_path, tiny_run, cut):
     truncated.write_bytes(data[:end])
     out = tmp_path / "out"
     result = map_program(f"--workdir={tiny_run}", f"--output_dir={out}", truncated)
-    assert result.returncode == 2
-    line = one_error_line(result)
-    assert str(truncated) in line and "truncated" in line
-    assert_nothing_written(out)
+    assert_refused(result, out, str(truncated), "truncated")
 
 
 def test_program_needs_a_scale_and_takes_one_from_the_flag(tmp_path, tiny_run):
@@ -664,10 +666,7 @@ def test_program_needs_a_scale_and_takes_one_from_the_flag(tmp_path, tiny_run):
     make_demo.write_demo_slide(DEMO_PATCHES, unscaled, with_mpp=False, compression_level=1)
     out = tmp_path / "out"
     result = map_program(f"--workdir={tiny_run}", f"--output_dir={out}", unscaled)
-    assert result.returncode == 2
-    line = one_error_line(result)
-    assert str(unscaled) in line and "scale" in line and "--mpp" in line
-    assert_nothing_written(out)
+    assert_refused(result, out, str(unscaled), "scale", "--mpp")
 
     result = map_program(f"--workdir={tiny_run}", f"--output_dir={out}", "--mpp=4", unscaled)
     assert result.returncode == 0, result.stderr
@@ -801,10 +800,7 @@ def test_program_maps_with_the_slide_context_stage_of_exported_weights(tmp_path,
 def test_program_context_needs_a_model_that_carries_the_stage(tmp_path, tiny_run):
     out = tmp_path / "out"
     result = map_program(f"--workdir={tiny_run}", f"--output_dir={out}", "--context", DEMO_SLIDE)
-    assert result.returncode == 2
-    line = one_error_line(result)
-    assert "carries no slide-context stage" in line and "export_model.py" in line
-    assert_nothing_written(out)
+    assert_refused(result, out, "carries no slide-context stage", "export_model.py")
 
 
 def test_export_refuses_context_slides_that_cannot_teach_the_stage(tmp_path, tiny_run):
