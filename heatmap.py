@@ -32,6 +32,7 @@ import sys
 from absl import app, flags
 
 from idc_inference import model_flags
+from idc_inference.errors import USER_ERRORS
 from trainer import cli
 
 FLAGS = flags.FLAGS
@@ -94,4 +95,4 @@ def main(argv):
 
 if __name__ == "__main__":
     define_flags()
-    cli.run(main)
+    cli.run(main, user_errors=USER_ERRORS)

@@ -34,6 +34,7 @@ import sys
 from absl import app, flags
 
 from idc_inference import model_flags
+from idc_inference.errors import USER_ERRORS
 from trainer import cli
 
 FLAGS = flags.FLAGS
@@ -127,8 +128,8 @@ def main(argv):
 
 
 def labelled_metrics(predictions, threshold: float) -> dict | None:
-    """`trainer.metrics.binary_metrics` of the files whose names carry both classes' labels."""
-    from trainer import metrics  # noqa: PLC0415
+    """`evaluation.metrics.binary_metrics` of the files whose names carry both classes' labels."""
+    from evaluation import metrics  # noqa: PLC0415
 
     labels = predictions.labels
     known = labels >= 0
@@ -139,4 +140,4 @@ def labelled_metrics(predictions, threshold: float) -> dict | None:
 
 if __name__ == "__main__":
     define_flags()
-    cli.run(main)
+    cli.run(main, user_errors=USER_ERRORS)

@@ -58,11 +58,11 @@ import input_pipeline  # noqa: E402
 import mobilenets  # noqa: E402
 from configs import default  # noqa: E402
 from input_pipeline.patches import PATCH_SIZE  # noqa: E402
+from input_pipeline.sharding import Sharding  # noqa: E402
 from mobilenets.cpu import host_memory, kernels  # noqa: E402
 from trainer import compiled, loop  # noqa: E402
 from trainer import state as state_lib  # noqa: E402
 from trainer import steps as trainer_steps  # noqa: E402
-from trainer.sharding import Sharding  # noqa: E402
 
 # The grid (models, sizes, batches) is harness.py's; GPU: bfloat16, CPU: float32 (--dtype auto).
 PAPER_EPOCHS = 5

@@ -7,7 +7,7 @@ allocates (`compiled.memory_analysis()`, nothing is run), for
 - `one batch`: the views concatenated into one batch of 8 x 256 images, as evaluation did until
   ResNet-50's training run was killed for lack of memory in its validation pass on a 24 GiB
   machine (results/real_subset/report.md), and
-- `lax.map`: `trainer.steps.mean_log_probabilities`, one view after the other.
+- `lax.map`: `evaluation.views.mean_log_probabilities`, one view after the other.
 
     python benchmarks/eval_memory.py [model ...]
 """
@@ -30,8 +30,8 @@ from flax import nnx  # noqa: E402
 import input_pipeline  # noqa: E402
 import mobilenets  # noqa: E402
 from configs import default  # noqa: E402
+from evaluation import views  # noqa: E402
 from input_pipeline.patches import PATCH_SIZE  # noqa: E402
-from trainer import steps  # noqa: E402
 
 MODELS = ("mobilenet_v1", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large", "resnet50")
 IMAGE_SIZE = 96
@@ -52,7 +52,7 @@ def temporary_gib(forward, name: str, config) -> float:
     graphdef, state = nnx.split(model)
 
     def scores(state, images):
-        return forward(nnx.merge(graphdef, state), images, config.preprocess, steps.ALL_VIEWS)
+        return forward(nnx.merge(graphdef, state), images, config.preprocess, views.ALL_VIEWS)
 
     images = jax.ShapeDtypeStruct((config.eval_batch_size, PATCH_SIZE, PATCH_SIZE, 3), jnp.uint8)
     compiled = jax.jit(scores).lower(state, images).compile()
@@ -72,7 +72,7 @@ def main() -> None:
     print(f"{'model':<20}{'one batch':>11}{'lax.map':>9}{'ratio':>7}")
     for name in models:
         together = temporary_gib(one_batch_log_probabilities, name, config)
-        mapped = temporary_gib(steps.mean_log_probabilities, name, config)
+        mapped = temporary_gib(views.mean_log_probabilities, name, config)
         print(f"{name:<20}{together:>11.2f}{mapped:>9.2f}{together / mapped:>7.1f}", flush=True)
 
 

@@ -109,7 +109,7 @@ def get_config() -> ml_collections.ConfigDict:
     # each patch (test-time augmentation); training is unchanged.
     config.eval_tta = True
     # Resamples of the bootstrap over test patients behind summary.json's confidence intervals
-    # (trainer/uncertainty.py; patients, not patches, are the independent unit). A few seconds
+    # (evaluation/uncertainty.py; patients, not patches, are the independent unit). A few seconds
     # at 2000; 0 turns the intervals off.
     config.eval_bootstrap_resamples = 2000
 

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from trainer import uncertainty
+from evaluation import uncertainty
 
 
 @dataclasses.dataclass(frozen=True)

@@ -32,7 +32,7 @@ def fmt_duration(seconds) -> str:
 
 
 def fmt_interval(interval: Mapping | None, digits: int = 3) -> str:
-    """'estimate [low, high]' of a bootstrap interval (`trainer.uncertainty`)."""
+    """'estimate [low, high]' of a bootstrap interval (`evaluation.uncertainty`)."""
     if not interval:
         return "n/a"
     low, high = interval.get("low"), interval.get("high")

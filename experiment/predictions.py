@@ -18,9 +18,9 @@ import pathlib
 import numpy as np
 
 import input_pipeline
+from input_pipeline.sharding import Sharding
 from trainer import compiled, evaluate
 from trainer.rundir import RunDirectory
-from trainer.sharding import Sharding
 
 SPLITS = ("validation", "test")
 

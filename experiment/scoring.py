@@ -5,7 +5,7 @@
 
 ROC AUC and the 0.5 threshold need no choice; balanced accuracy and F1 are at the threshold that
 maximises balanced accuracy on the validation patients. Intervals: the bootstrap over test
-patients of summary.json (`trainer.uncertainty`, 2,000 resamples, seed 0: every row is scored on
+patients of summary.json (`evaluation.uncertainty`, 2,000 resamples, seed 0: every row is scored on
 the same resamples of the same patients).
 """
 
@@ -16,10 +16,10 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from evaluation import metrics, uncertainty
 from experiment import slide_context
 from experiment.markdown import fmt, fmt_interval
 from experiment.predictions import PatchPredictions
-from trainer import metrics, uncertainty
 
 # Patients whose patches are at least this dense on their grid count as whole slides.
 WHOLE_SLIDE_NEIGHBOURS = 0.5

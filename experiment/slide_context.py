@@ -22,10 +22,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from evaluation import metrics
 from experiment.predictions import PatchPredictions
 from idc_inference import context_stage
 from idc_inference.context_stage import ContextStage
-from trainer import metrics
 
 GRID = 50  # pixels between neighbouring Kaggle patches
 SIGMAS = (0.0, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0)

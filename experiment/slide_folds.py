@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from evaluation import metrics
 from experiment import slide_context
 from experiment.markdown import fmt, fmt_interval, markdown_table
 from experiment.predictions import PatchPredictions
@@ -31,7 +32,6 @@ from experiment.scoring import (
     scored_intervals,
     whole_slide_patients,
 )
-from trainer import metrics
 
 _EPS = 1e-7
 

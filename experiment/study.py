@@ -6,7 +6,7 @@ reads the runs of one experiment directory (each a training run's workdir, named
 missing ones are skipped and said so) and writes one Markdown report. Every choice (the
 smoothing width, thresholds, the ensemble's members) is made on the validation patients; the
 test patients only judge, with 95% intervals from the bootstrap over test patients that
-summary.json uses (`trainer.uncertainty`, seed 0: every row is scored on the same resamples).
+summary.json uses (`evaluation.uncertainty`, seed 0: every row is scored on the same resamples).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from evaluation import metrics
 from experiment import learning_curve, slide_context, slide_folds
 from experiment.markdown import fmt, markdown_table
 from experiment.predictions import PatchPredictions, split_predictions
@@ -28,7 +29,6 @@ from experiment.scoring import (
     whole_slide_patients,
 )
 from input_pipeline import KAGGLE_PATCHES
-from trainer import metrics
 from trainer.rundir import RunDirectory
 
 # Run directory names of an experiment, by role.

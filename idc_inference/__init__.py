@@ -10,7 +10,9 @@ weights.py       inference weights: parameters + BatchNorm statistics as safeten
                  JSON record (config, step, threshold, patients, summary); no orbax, no pickle
 export_onnx.py   the eval-mode network as ONNX (jax2onnx, in the export venv), P(IDC) out
 shipped/         the shipped model (export_model.py wrote it; MODEL_CARD.md describes it)
-programs.py      what predict.py and heatmap.py share: the model loaded with one-line errors,
+errors.py        the user's mistakes (one line, exit status 2 in the programs)
+training_runs.py the one door to a training run's workdir (the only import of `trainer`)
+programs.py      what predict.py and heatmap.py share: the model as a program loads it,
                  the JSON record beside their outputs
 predictor.py     Predictor: eval-mode network in one ahead-of-time compiled function, TTA
 patch_files.py   PNG patch files -> P(IDC) -> predictions CSV (predict.py)

@@ -34,6 +34,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from scipy import ndimage
 
+from idc_inference.errors import ContextStageError
+
 # Beyond this many standard deviations a Gaussian's weight is below 1e-4 of its peak.
 TRUNCATE = 4.0
 # The widths (in tiles) the stage reads: the neighbours, the surroundings, the region.
@@ -133,10 +135,6 @@ def fit_logistic_regression(
     return beta[:-1], float(beta[-1])
 
 
-class ContextStageError(ValueError):
-    """A weights record's context stage that this code cannot use."""
-
-
 @dataclasses.dataclass(frozen=True)
 class ContextStage:
     """The fitted second stage: `predict` maps a slide's tile P(IDC) to context P(IDC)."""
@@ -215,7 +213,7 @@ def fit_context_stage(
 ) -> ContextStage:
     """The second stage fitted on these tiles (patients the patch network never trained on),
     with the threshold that maximises their balanced accuracy."""
-    from trainer import metrics  # noqa: PLC0415 (fitting only: the export venv has no trainer)
+    from evaluation import metrics  # noqa: PLC0415 (fitting only: the export venv has no trainer)
 
     features = context_features(p_idc, rows, cols, groups)
     weights, bias = fit_logistic_regression(features, labels, l2)

@@ -36,22 +36,15 @@ import time
 import ml_collections
 import numpy as np
 
-from idc_inference import run_records
+from idc_inference import run_records, training_runs
 from idc_inference import weights as weights_lib
 from idc_inference.context_stage import ContextStage
+from idc_inference.errors import ModelArgumentError, ModelSourceError
 
 SHIPPED_DIR = pathlib.Path(__file__).resolve().parent / "shipped"
 SHIPPED_NAME = "mobilenet_v1_idc"
 SHIPPED_WEIGHTS = SHIPPED_DIR / f"{SHIPPED_NAME}.safetensors"
 PATCH_SIZE = 50  # input_pipeline.patches.PATCH_SIZE
-
-
-class ModelSourceError(FileNotFoundError):
-    """`load` was pointed at something that is not a training run or a weights file."""
-
-
-class ModelArgumentError(ValueError):
-    """A threshold or checkpoint that the model cannot take."""
 
 
 @dataclasses.dataclass
@@ -204,9 +197,7 @@ def _from_weights(path: pathlib.Path, source: str, checkpoint: str):
 
 
 def _from_workdir(path: pathlib.Path, checkpoint: str):
-    from trainer.rundir import RunDirectory  # noqa: PLC0415 (orbax)
-
-    rundir = RunDirectory(path)
+    rundir = training_runs.run_directory(path)
     if not path.is_dir():
         raise ModelSourceError(f"{path} does not exist: give the --workdir of a training run")
     if not rundir.config_file.is_file():

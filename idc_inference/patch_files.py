@@ -16,14 +16,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from idc_inference import tiles
+from idc_inference import tiles, training_runs
 from idc_inference.predictor import Predictor
 from input_pipeline.patches import (
     PatchName,
     find_png_files,
     parse_patch_name,
 )
-from trainer.rundir import RunDirectory
 
 CSV_COLUMNS = ("file", "patient", "x", "y", "p_idc", "predicted_label", "true_label")
 
@@ -91,9 +90,9 @@ def predict_files(
 
 
 def resolve_threshold(spec: str, workdir: str | os.PathLike, step: int) -> float:
-    """`spec` is a number in [0, 1] or "validation" (`RunDirectory.validation_threshold`)."""
+    """`spec` is a number in [0, 1] or "validation" (the run's recorded validation threshold)."""
     if spec == "validation":
-        return RunDirectory(workdir).validation_threshold(step)
+        return training_runs.run_directory(workdir).validation_threshold(step)
     threshold = float(spec)
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"the threshold must lie in [0, 1], got {threshold}")

@@ -20,9 +20,8 @@ import pathlib
 
 import numpy as np
 
-from idc_inference import mosaic, patch_files
+from idc_inference import mosaic, patch_files, programs
 from input_pipeline.patches import find_png_files
-from trainer import writers
 
 COLORMAP = "inferno"
 IDC_RED = (0.85, 0.10, 0.10)
@@ -141,5 +140,5 @@ def slide_maps(
         colormap=COLORMAP if predictor is not None else None,
         outcome_counts=outcome_counts,
     )
-    writers.write_json(output_dir / "summary.json", summary)
+    programs.write_json(output_dir / "summary.json", summary)
     return summary

@@ -12,7 +12,7 @@
   one jitted function of a fixed batch size, compiled ahead of time; the last batch is padded, so a
   single compilation serves any number of files. Batches are sharded over every device.
 * Test-time augmentation averages P(IDC) over the 8 symmetries of the square, as the trainer's
-  evaluation does with `config.eval_tta` (`steps.mean_log_probabilities`).
+  evaluation does with `config.eval_tta` (`evaluation.views.mean_log_probabilities`).
 """
 
 from __future__ import annotations
@@ -27,12 +27,12 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from evaluation import views as views_lib
 from input_pipeline.patches import (
     PATCH_SIZE,
     WHITE,
 )
-from trainer import steps
-from trainer.sharding import Sharding, to_host
+from input_pipeline.sharding import Sharding, to_host
 
 
 def predict_probabilities(
@@ -44,9 +44,9 @@ def predict_probabilities(
     views: tuple[int, ...],
 ) -> jax.Array:
     """Mean P(IDC) over the dihedral `views` of uint8 patches [B, 50, 50, 3] -> [B], as the
-    evaluation of training computes it (`steps.mean_log_probabilities`)."""
+    evaluation of training computes it (`evaluation.views.mean_log_probabilities`)."""
     model = nnx.merge(graphdef, state)
-    log_probs = steps.mean_log_probabilities(model, images, preprocess_config, views)
+    log_probs = views_lib.mean_log_probabilities(model, images, preprocess_config, views)
     return jnp.exp(log_probs[:, 1])
 
 
@@ -70,7 +70,7 @@ class Predictor:
         devices = jax.device_count()
         self.batch_size = max(devices, -(-batch_size // devices) * devices)
         self.tta = tta
-        self.views = steps.ALL_VIEWS if tta else (0,)
+        self.views = views_lib.ALL_VIEWS if tta else (0,)
         graphdef, state = nnx.split(model)
         self._state = jax.device_put(state, self.sharding.replicated)
         jitted = jax.jit(
@@ -96,9 +96,9 @@ class Predictor:
     ) -> tuple[Predictor, ml_collections.ConfigDict, int]:
         """(predictor, run config, checkpoint step) for the `which` checkpoint of a training run."""
         # orbax only for a training run's checkpoints: the shipped weights never need it.
-        from trainer.rundir import RunDirectory  # noqa: PLC0415
+        from idc_inference import training_runs  # noqa: PLC0415
 
-        config, model, step = RunDirectory(workdir).restore_model(which)
+        config, model, step = training_runs.run_directory(workdir).restore_model(which)
         return cls(model, config.preprocess, **kwargs), config, step
 
     def dispatch(self, images: np.ndarray) -> jax.Array:

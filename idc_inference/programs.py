@@ -6,7 +6,8 @@
     write_record(f"{output}.json", model, counts=...)
 
 A user's mistake (a workdir that is not a run, a corrupted weights file, a threshold out of range)
-becomes `trainer.cli.UserError`: one line, exit status 2.
+raises one of `idc_inference.errors.USER_ERRORS`, which the programs print as one line with exit
+status 2 (`trainer.cli.run(main, user_errors=...)`).
 """
 
 from __future__ import annotations
@@ -17,16 +18,21 @@ import os
 import pathlib
 
 from idc_inference import model as model_lib
-from idc_inference.weights import WeightsError
-from trainer import cli
+from idc_inference.slide_outputs import json_ready
 
 
 def load_for_program(workdir, **kwargs) -> model_lib.IDCModel:
-    """`idc_inference.load`, with the user's mistakes as one-line errors."""
-    try:
-        return model_lib.load(workdir, **kwargs)
-    except (model_lib.ModelSourceError, model_lib.ModelArgumentError, WeightsError) as error:
-        raise cli.UserError(str(error)) from None
+    """`idc_inference.load`; a user's mistake raises one of `errors.USER_ERRORS`."""
+    return model_lib.load(workdir, **kwargs)
+
+
+def write_json(path: str | os.PathLike, payload: dict) -> None:
+    """`payload` as JSON (NumPy scalars as numbers, non-finite floats as null), written whole:
+    a reader never sees half a file."""
+    path = pathlib.Path(path)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(json_ready(payload), indent=2) + "\n")
+    temporary.replace(path)
 
 
 def write_record(path: str | os.PathLike, model: model_lib.IDCModel | None, **fields) -> dict:

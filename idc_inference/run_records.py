@@ -5,8 +5,8 @@
 The record (the JSON beside the tensors, `idc_inference.weights`) says where the network came
 from: the run's config and checkpoint step, the threshold tuned on validation and the TTA of its
 evaluation, the patients of each split, its summary.json with machine paths cut, and the code
-version that exported it. Only `export_workdir` reads an orbax checkpoint, so only it imports
-`trainer`.
+version that exported it. Only `export_workdir` reads an orbax checkpoint, through
+`idc_inference.training_runs`.
 """
 
 from __future__ import annotations
@@ -107,9 +107,9 @@ def export_workdir(
     one), the TTA setting the run's `eval_tta`. With `with_patients` the split is recomputed from
     the run's data config to list its patients (the counts must equal summary.json's).
     """
-    from trainer.rundir import RunDirectory  # noqa: PLC0415 (orbax: only here)
+    from idc_inference import training_runs  # noqa: PLC0415 (orbax)
 
-    rundir = RunDirectory(workdir)
+    rundir = training_runs.run_directory(workdir)
     config, model, step = rundir.restore_model(checkpoint)
     summary = rundir.summary()
     threshold, threshold_source = run_threshold(rundir, step)

@@ -19,10 +19,10 @@ import pathlib
 
 import numpy as np
 
+from evaluation import metrics
 from idc_inference import regions, slide_files
 from idc_inference.slide_tiles import TileGrid
 from input_pipeline.patches import parse_patch_name
-from trainer import metrics
 
 
 class LabelsError(Exception):

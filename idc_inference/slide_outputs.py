@@ -67,11 +67,11 @@ class _AtomicOutputs:
         self.pending.clear()
 
 
-def _json_ready(value):
+def json_ready(value):
     if isinstance(value, dict):
-        return {str(k): _json_ready(v) for k, v in value.items()}
+        return {str(k): json_ready(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_json_ready(v) for v in value]
+        return [json_ready(v) for v in value]
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
@@ -167,7 +167,7 @@ def write_outputs(
         )
         summary["seconds_total"] = (datetime.datetime.now(datetime.UTC) - started).total_seconds()
         with outputs.path(names["summary"]).open("w") as f:
-            json.dump(_json_ready(summary), f, indent=2)
+            json.dump(json_ready(summary), f, indent=2)
             f.write("\n")
         outputs.commit(output_dir / names["summary"])
     except BaseException:

@@ -121,7 +121,7 @@ class StreamResult:
 
 
 def _to_host(array) -> np.ndarray:
-    from trainer.sharding import to_host
+    from input_pipeline.sharding import to_host
 
     return to_host(array)
 

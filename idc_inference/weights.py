@@ -27,9 +27,9 @@ what the format alone cannot: a byte changed inside a tensor.
 Every way a file can be unreadable (missing, truncated, corrupted, another format, a network that
 does not match the config) raises `WeightsError`, one line naming the file.
 
-This module imports neither `trainer` nor orbax at module level: the ONNX export runs in a venv
-of its own (requirements-export.txt), with another orbax version. Only `run_records.export_workdir`
-(reading an orbax checkpoint) imports `trainer`.
+This module imports neither `trainer` nor orbax: the ONNX export runs in a venv of its own
+(requirements-export.txt), with another orbax version. Only `idc_inference.training_runs`
+(reading a training run's orbax checkpoint) reaches `trainer`.
 """
 
 from __future__ import annotations
@@ -49,14 +49,12 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from idc_inference.errors import WeightsError
+
 FORMAT = "idc-inference-weights"
 FORMAT_VERSION = 1
 NUM_CLASSES = 2  # negative, IDC (trainer.state.NUM_CLASSES)
 COLLECTIONS = {"params": nnx.Param, "batch_stats": nnx.BatchStat}
-
-
-class WeightsError(ValueError):
-    """An inference-weights file that cannot be used; the message names the file."""
 
 
 # ----------------------------------------------------------------------------- the network

@@ -25,10 +25,10 @@ from jax.experimental import multihost_utils
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import input_pipeline  # noqa: E402
+from input_pipeline.sharding import Sharding, replicated_to_host  # noqa: E402
 from tests.test_train import tiny_config  # noqa: E402
 from trainer import compiled, startup, steps  # noqa: E402
 from trainer import state as state_lib  # noqa: E402
-from trainer.sharding import Sharding, replicated_to_host  # noqa: E402
 
 NUM_STEPS = 3
 BATCH_SIZE = 16

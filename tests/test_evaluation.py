@@ -1,6 +1,6 @@
 """Every metric against independent computations: naive loops, hand counts and scikit-learn.
 
-The metrics are NumPy (trainer/metrics.py): scikit-learn, the library such metrics are checked
+The metrics are NumPy (evaluation/metrics.py): scikit-learn, the library such metrics are checked
 against, is the oracle here, not a dependency of training. Measured on 2 cores: importing
 sklearn.metrics takes about 3 s, and its ROC AUC is 1.5-16x slower per call than the NumPy one,
 which matters for a bootstrap of a few thousand resamples.
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as sklearn_metrics
 
-from trainer import metrics
+from evaluation import metrics
 
 LABELS = np.array([0, 0, 1, 1, 0, 1, 0, 0, 1, 0])
 PROBS = np.array([0.1, 0.6, 0.8, 0.4, 0.2, 0.9, 0.6, 0.3, 0.6, 0.05])

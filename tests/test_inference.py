@@ -327,7 +327,7 @@ def test_predict_command_writes_csv_and_prints_throughput(tiny_run, real_folder,
         "predicted_idc": sum(int(r["predicted_label"]) for r in rows),
         "unreadable": 1,
     }
-    from trainer import metrics  # noqa: PLC0415
+    from evaluation import metrics  # noqa: PLC0415
 
     labels = np.array([int(r["true_label"]) for r in rows])
     p_idc = np.array([float(r["p_idc"]) for r in rows])

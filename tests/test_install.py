@@ -22,7 +22,7 @@ from tests.test_model_api import unseen_patient
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
-INSTALLED = ["mobilenets", "input_pipeline", "trainer", "idc_inference"]
+INSTALLED = ["mobilenets", "input_pipeline", "evaluation", "trainer", "idc_inference"]
 NOT_INSTALLED = ["configs", "data", "experiment", "tests", "benchmarks"]
 OPTIONAL = {"tensorflow-cpu", "tensorboard"}  # extra "tensorboard"
 UNIT_ROUNDOFF32 = 2.0**-24

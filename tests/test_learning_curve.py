@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
+from evaluation import metrics
 from experiment import learning_curve
-from trainer import metrics
 
 
 def test_power_law_fit_recovers_an_exact_law():

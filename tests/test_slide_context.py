@@ -96,7 +96,7 @@ def test_context_model_learns_that_regions_matter():
     noisy = np.clip(0.3 + 0.4 * region + np.random.default_rng(4).normal(0, 0.3, len(rows)), 0, 1)
     validation = PatchPredictions(noisy.astype(np.float32), region, table.patient, table.x, table.y)
     model = slide_context.fit_context_model(validation)
-    from trainer import metrics
+    from evaluation import metrics
 
     context = slide_context.context_p_idc(model, validation)
     assert metrics.roc_auc(region, context) > metrics.roc_auc(region, noisy)

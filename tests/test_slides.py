@@ -23,6 +23,7 @@ import shapely
 import shapely.geometry
 from PIL import Image
 
+from evaluation import metrics
 from idc_inference import (
     overlay,
     patch_files,
@@ -47,7 +48,6 @@ from input_pipeline.patches import (
 from tests.commands import run_program
 from tests.conftest import SHARED_DATA
 from tests.test_inference import trained_tiny_workdir
-from trainer import metrics
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DEMO_DIR = REPO / "data" / "demo_slide"

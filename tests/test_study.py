@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
+from evaluation import metrics
 from experiment import study
 from experiment.predictions import PatchPredictions
-from trainer import metrics
 
 
 def test_prior_correction_undoes_balanced_class_weights():

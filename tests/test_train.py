@@ -15,13 +15,14 @@ import numpy as np
 import pytest
 
 from configs import default
+from evaluation import metrics
+from input_pipeline.sharding import Sharding
 from tests.commands import subprocess_environment
 from tests.references import float32_sum_bound, naive_dense_conv
-from trainer import RunDirectory, evaluate, loop, metrics, steps
+from trainer import RunDirectory, evaluate, loop, steps
 from trainer import state as state_lib
 from trainer import summary as summary_lib
 from trainer.compiled import build as build_training
-from trainer.sharding import Sharding
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

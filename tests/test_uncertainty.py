@@ -3,8 +3,8 @@
 `uncertainty.resampled_metrics` computes each resample's metrics from per-patient statistics
 and the draw counts, never building the resampled set. Here the resampled sets are built (every
 patch of a patient repeated as often as the patient was drawn) and scored with
-`trainer.metrics` and scikit-learn: the ROC AUC and the threshold metrics must agree to the last
-bit with `trainer.metrics` (integer arithmetic on both sides), and PR AUC and every scikit-learn
+`evaluation.metrics` and scikit-learn: the ROC AUC and the threshold metrics must agree to the last
+bit with `evaluation.metrics` (integer arithmetic on both sides), and PR AUC and every scikit-learn
 value within float rounding.
 """
 
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from sklearn import metrics as sklearn_metrics
 
+from evaluation import metrics, uncertainty
 from experiment import figures
-from trainer import metrics, uncertainty
 
 
 def synthetic_patients(num_patients, mean_patches, seed, ties=False):

@@ -11,20 +11,18 @@ The package, in the order a run uses it:
   state.py        the network, optimiser and TrainState a step reads and writes
   steps.py        the jitted pure functions: loss and gradients, train step, eval step
   compiled.py     state + optimiser + jitted steps of a config on a mesh, built in one place
-  sharding.py     the `data` mesh over all devices of all processes
   run_log.py      what a run tells the console as it starts (data and why, network, devices)
   loop.py         train_and_evaluate: epochs, evaluation, checkpoints, resume
   evaluate.py     evaluation loops on the host, precise-BN recalibration
   summary.py      summary.json, assembled from the test split's P(IDC) and the run's record
-  metrics.py      binary-classification metrics of P(IDC) (ROC AUC, balanced accuracy, ...)
-  uncertainty.py  bootstrap intervals over patients
   checkpoints.py  orbax checkpoints: the latest k and the best by validation
   writers.py      scalars to metrics.jsonl / TensorBoard, history.csv, curves, console progress
   rundir.py       the run directory: the files a run writes, and reading them back
 
 Dependencies run one way: the programs, `experiment` (the paper's runs and report) and
-`idc_inference` (P(IDC) of patches and slides) import this package, which imports `mobilenets`
-and `input_pipeline`, never the reverse.
+`idc_inference` (only to open a training run's workdir) import this package, which imports
+`evaluation` (metrics, intervals, test-time views), `mobilenets` and `input_pipeline` (data,
+batches on the device mesh), never the reverse.
 """
 
 __all__ = ["Run", "RunDirectory", "train_and_evaluate"]

@@ -46,7 +46,7 @@ class UserError(Exception):
     """A mistake the user can fix: printed as `error: <message>`, exit status 2, no traceback."""
 
 
-def user_errors() -> tuple[type[Exception], ...]:
+def _user_errors() -> tuple[type[Exception], ...]:
     """The exceptions `run` prints as one line (imported late: the input pipeline loads JAX)."""
     from input_pipeline.errors import DataError  # noqa: PLC0415
 
@@ -60,15 +60,22 @@ def fail(message: str) -> None:
     sys.exit(EXIT_USER_ERROR)
 
 
-def run(main: Callable[[list[str]], object]) -> None:
-    """`absl.app.run(main)`: flags by `parse_flags`, user errors as one line, a quiet console."""
+def run(
+    main: Callable[[list[str]], object], user_errors: tuple[type[Exception], ...] = ()
+) -> None:
+    """`absl.app.run(main)`: flags by `parse_flags`, user errors as one line, a quiet console.
+
+    `user_errors`: more exceptions that are the user's mistakes, such as the inference library's
+    (`idc_inference.errors.USER_ERRORS`), which this library does not import.
+    """
+    more_user_errors = user_errors
 
     def guarded(argv: list[str]):
         quiet_console()
         try:
             return main(argv)
         except Exception as error:
-            if isinstance(error, user_errors()):
+            if isinstance(error, (*_user_errors(), *more_user_errors)):
                 fail(str(error))
             raise
 

@@ -19,9 +19,10 @@ import numpy as np
 import optax
 from flax import nnx
 
+from evaluation import views
+from input_pipeline.sharding import Sharding
 from trainer import state as state_lib
 from trainer import steps
-from trainer.sharding import Sharding
 from trainer.state import TrainState
 
 
@@ -86,7 +87,7 @@ def build(
             steps.eval_step,
             graphdef=eval_graph,
             preprocess_config=config.preprocess,
-            views=steps.ALL_VIEWS if config.eval_tta else (0,),
+            views=views.ALL_VIEWS if config.eval_tta else (0,),
         ),
         in_shardings=(sharding.replicated, sharding.batch),
         out_shardings=sharding.batch,

@@ -18,9 +18,10 @@ import numpy as np
 from flax import nnx
 
 import input_pipeline
-from trainer import metrics, steps
+from evaluation import metrics
+from input_pipeline.sharding import Sharding, to_host
 from trainer import state as state_lib
-from trainer.sharding import Sharding, to_host
+from trainer import steps
 from trainer.state import TrainState
 
 

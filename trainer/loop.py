@@ -32,11 +32,12 @@ from clu import parameter_overview
 from jax.experimental import multihost_utils
 
 import input_pipeline
+from evaluation import metrics
+from input_pipeline.sharding import Sharding, replicated_to_host
 from trainer import (
     compiled,
     config_checks,
     evaluate,
-    metrics,
     run_log,
     steps,
     workdir_lock,
@@ -47,7 +48,6 @@ from trainer import summary as summary_lib
 from trainer.checkpoints import BEST_METRIC, Checkpointer
 from trainer.cli import UserError
 from trainer.rundir import RunDirectory, curves_title
-from trainer.sharding import Sharding, replicated_to_host
 from trainer.state import TrainState
 
 

@@ -2,7 +2,8 @@
 
 Multi-process start-up goes through JAX's own runtime, `jax.distributed`: one process per host
 (or per GPU) runs the same program, `initialize` connects them through a coordinator, after which
-`jax.devices()` lists the devices of every process (`trainer.sharding` builds the mesh over them).
+`jax.devices()` lists the devices of every process (`input_pipeline.sharding` builds the mesh
+over them).
 With no explicit settings it reads the cluster environment (SLURM, Open MPI, Kubernetes, Cloud
 TPU). A single-process CPU run gets the host-memory settings of the CPU path instead.
 """

@@ -2,7 +2,7 @@
 
 `train_step` is one Adam update; `eval_step` scores a batch with the running BatchNorm
 statistics; `batch_statistics` gives the BatchNorm statistics of one batch for precise-BN
-recalibration. `trainer/loop.py` jits them with explicit shardings (`trainer/sharding.py`).
+recalibration. `trainer/loop.py` jits them with explicit shardings (`input_pipeline/sharding.py`).
 """
 
 from __future__ import annotations
@@ -16,11 +16,10 @@ import optax
 from flax import nnx
 
 import input_pipeline
+from evaluation import views as views_lib
 from trainer.state import TrainMetrics, TrainState
 
 BATCH_KEYS = ("image", "label", "mask")  # what a train step reads of a batch
-NUM_DIHEDRAL_VIEWS = 8
-ALL_VIEWS = tuple(range(NUM_DIHEDRAL_VIEWS))
 
 
 def cross_entropy_loss(
@@ -142,33 +141,6 @@ def train_step(
     )
 
 
-def mean_log_probabilities(
-    model: nnx.Module,
-    images: jax.Array,
-    preprocess_config: ml_collections.ConfigDict,
-    views: tuple[int, ...] = (0,),
-) -> jax.Array:
-    """log of the mean class probabilities over the dihedral `views` of uint8 patches, [B, 2].
-
-    Test-time augmentation: tissue has no preferred orientation, so the 8 symmetries of the
-    square (4 rotations x mirror, `input_pipeline.dihedral_view`) are equally valid inputs and
-    their mean probability is a lower-variance estimate than any one view's. The model must be
-    in eval mode (running BatchNorm statistics), so that an image's output does not depend on its
-    batch-mates. Each view is taken of the raw patch and then preprocessed, as a user would feed
-    a rotated file. The views go through the network one after the other (`lax.map`), not as
-    one batch of len(views) * B images: that would hold len(views) times the activations at once
-    (benchmarks/eval_memory.py measures both).
-    """
-
-    def view_log_probs(view: jax.Array) -> jax.Array:
-        logits = model(input_pipeline.preprocess(view, preprocess_config, train=False, rng=None))
-        return jax.nn.log_softmax(logits.astype(jnp.promote_types(logits.dtype, jnp.float32)))
-
-    stacked = jnp.stack([input_pipeline.dihedral_view(images, k) for k in views])
-    per_view = jax.lax.map(view_log_probs, stacked)
-    return jax.nn.logsumexp(per_view, axis=0) - jnp.log(len(views))
-
-
 def eval_step(
     state: TrainState,
     batch: Mapping[str, jax.Array],
@@ -180,7 +152,7 @@ def eval_step(
     """P(IDC) and the cross-entropy of every example of the batch (running BN statistics),
     averaged over the dihedral `views` (test-time augmentation when there are several)."""
     model = nnx.merge(graphdef, state.params, state.batch_stats, state.rng_streams)
-    log_probs = mean_log_probabilities(model, batch["image"], preprocess_config, views)
+    log_probs = views_lib.mean_log_probabilities(model, batch["image"], preprocess_config, views)
     per_example = -jnp.take_along_axis(log_probs, batch["label"][:, None], axis=-1)[:, 0]
     return jnp.exp(log_probs[:, 1]), per_example
 

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from trainer import metrics, uncertainty
+from evaluation import metrics, uncertainty
 from trainer import state as state_lib
 
 

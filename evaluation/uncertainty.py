@@ -29,7 +29,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from trainer import metrics
+from evaluation import metrics
 
 BOOTSTRAP_METRICS = ("roc_auc", "balanced_accuracy", "f1", "pr_auc", "accuracy")
 THRESHOLD_METRICS = ("balanced_accuracy", "f1", "accuracy")  # those that depend on a threshold
