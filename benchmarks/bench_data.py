@@ -19,13 +19,16 @@ from input_pipeline.sources import EMBEDDED_SAMPLE
 
 @dataclasses.dataclass(frozen=True)
 class InMemorySplit:
-    """The two columns `input_pipeline.iterate_batches` reads, as `input_pipeline.Split` has."""
+    """What `input_pipeline.iterate_batches` reads of a split, as `input_pipeline.Split` has it."""
 
     image: np.ndarray  # uint8 [N, 50, 50, 3]
     label: np.ndarray  # int32 [N]
 
     def __len__(self) -> int:
         return len(self.label)
+
+    def images(self, rows: np.ndarray) -> np.ndarray:
+        return np.take(self.image, rows, axis=0)
 
     def head(self, num: int) -> InMemorySplit:
         """The first `num` rows (views, no copy)."""

@@ -60,7 +60,9 @@ def get_config() -> ml_collections.ConfigDict:
             dataset="auto",  # "auto" | "kaggle_idc" (the Kaggle set) | "idc_sample" (data/)
             data_dir="",  # TFDS data_dir; "" = ~/tensorflow_datasets or $TFDS_DATA_DIR
             manual_dir="",  # the Kaggle download; "" = <data_dir>/downloads/manual
-            # "patient" | "published" | "random_patch" (the paper's protocol: leaks patients)
+            # "patient" | "stratified" (patient, with whole slides and scattered patients dealt
+            # apart; the frozen test of results/frozen_test) | "published" | "random_patch"
+            # (the paper's protocol: leaks patients)
             split="patient",
             split_seed=0,
             validation_fraction=0.15,
@@ -72,6 +74,11 @@ def get_config() -> ml_collections.ConfigDict:
             # curves); validation and test are unchanged.
             train_patients_fraction=1.0,
             balanced_sampling=False,
+            # Patches a side of the input (odd): 1, each patch alone (the paper); 3, the patch
+            # with its 8 grid neighbours, a 150x150 window of 600 um, label the centre's
+            # (input_pipeline/windows.py; missing neighbours are white). preprocess.image_size is
+            # then the size the window is resized to.
+            window=1,
         )
     )
 

@@ -17,12 +17,10 @@ from collections.abc import Mapping
 import numpy as np
 
 from evaluation import metrics, uncertainty
-from experiment import slide_context
 from experiment.markdown import fmt, fmt_interval
 from experiment.predictions import PatchPredictions
+from input_pipeline import windows
 
-# Patients whose patches are at least this dense on their grid count as whole slides.
-WHOLE_SLIDE_NEIGHBOURS = 0.5
 METRIC_COLUMNS = (
     "ROC AUC [95% CI]",
     "Bal. acc. at 0.5",
@@ -80,11 +78,7 @@ def metric_cells(test: PatchPredictions, threshold: float) -> list[str]:
 
 def whole_slide_patients(table: PatchPredictions) -> np.ndarray:
     """The patients of `table` whose patches are whole slides (dense on their grid)."""
-    density = slide_context.neighbour_fraction(table)
-    patients = np.unique(table.patient)
-    return np.array(
-        [p for p in patients if density[table.patient == p].mean() >= WHOLE_SLIDE_NEIGHBOURS]
-    )
+    return windows.whole_slide_patients(table.patient, table.x, table.y)
 
 
 def mean_p_idc(tables: list[PatchPredictions]) -> PatchPredictions:

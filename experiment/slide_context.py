@@ -26,16 +26,12 @@ from evaluation import metrics
 from experiment.predictions import PatchPredictions
 from idc_inference import context_stage
 from idc_inference.context_stage import ContextStage
+from input_pipeline import windows
+from input_pipeline.windows import grid_cells
 
-GRID = 50  # pixels between neighbouring Kaggle patches
 SIGMAS = (0.0, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0)
 TRUNCATE = context_stage.TRUNCATE
 CONTEXT_SIGMAS = context_stage.CONTEXT_SIGMAS
-
-
-def grid_cells(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(row, column) of each patch on its slide's grid, from the 1-based pixel corners."""
-    return (np.asarray(y) - 1) // GRID, (np.asarray(x) - 1) // GRID
 
 
 def smooth_on_grid(table: PatchPredictions, sigma: float) -> np.ndarray:
@@ -50,7 +46,7 @@ def smooth_on_grid(table: PatchPredictions, sigma: float) -> np.ndarray:
 def neighbour_fraction(table: PatchPredictions) -> np.ndarray:
     """Per patch, the fraction of its 4 grid neighbours that are present (a slide's density)."""
     rows, cols = grid_cells(table.x, table.y)
-    return context_stage.neighbour_fraction(rows, cols, table.patient)
+    return windows.neighbour_fraction(rows, cols, table.patient)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,13 +22,13 @@ from experiment.markdown import fmt, markdown_table
 from experiment.predictions import PatchPredictions, split_predictions
 from experiment.scoring import (
     METRIC_COLUMNS,
-    WHOLE_SLIDE_NEIGHBOURS,
     Scored,
     mean_p_idc,
     metric_cells,
     whole_slide_patients,
 )
 from input_pipeline import KAGGLE_PATCHES
+from input_pipeline.windows import WHOLE_SLIDE_NEIGHBOURS
 from trainer.rundir import RunDirectory
 
 # Run directory names of an experiment, by role.

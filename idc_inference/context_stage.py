@@ -35,6 +35,7 @@ import numpy as np
 from scipy import ndimage
 
 from idc_inference.errors import ContextStageError
+from input_pipeline.windows import neighbour_fraction
 
 # Beyond this many standard deviations a Gaussian's weight is below 1e-4 of its peak.
 TRUNCATE = 4.0
@@ -76,19 +77,6 @@ def smooth_on_grid(
         weights = ndimage.gaussian_filter(present, **options)
         out[mine] = weighted[r, c] / weights[r, c]
     return out.astype(np.float32)
-
-
-def neighbour_fraction(
-    rows: np.ndarray, cols: np.ndarray, groups: np.ndarray | None = None
-) -> np.ndarray:
-    """Per tile, the fraction of its 4 grid neighbours that are present (a slide's density)."""
-    rows, cols = np.asarray(rows).tolist(), np.asarray(cols).tolist()
-    groups = _groups(groups, len(rows)).tolist()
-    cells = set(zip(groups, rows, cols))
-    counts = np.zeros(len(rows))
-    for dr, dc in ((-1, 0), (1, 0), (0, -1), (0, 1)):
-        counts += [(g, r + dr, c + dc) in cells for g, r, c in zip(groups, rows, cols)]
-    return counts / 4.0
 
 
 def _logit(p: np.ndarray) -> np.ndarray:

@@ -16,10 +16,11 @@ import numpy as np
 
 
 class _Indexable(Protocol):
-    image: np.ndarray
     label: np.ndarray
 
     def __len__(self) -> int: ...
+
+    def images(self, rows: np.ndarray) -> np.ndarray: ...
 
 
 def num_batches(num_examples: int, global_batch_size: int, drop_remainder: bool) -> int:
@@ -77,7 +78,8 @@ def iterate_batches(
 ) -> Iterator[dict[str, np.ndarray]]:
     """Yields this process's part of each global batch of one epoch, from `start_batch` on.
 
-    Each batch: image uint8 [B/P, 50, 50, 3], label int32, mask bool (False on padding rows),
+    Each batch: image uint8 [B/P, S, S, 3] (`split.images`: 50x50 patches, or their windows),
+    label int32, mask bool (False on padding rows),
     index int32 (row in the split, -1 on padding), where B is the global batch size and P the
     process count.
     """
@@ -95,7 +97,7 @@ def iterate_batches(
         mask = rows >= 0
         safe = np.where(mask, rows, 0)  # padding rows repeat row 0, masked out
         yield {
-            "image": np.take(split.image, safe, axis=0),
+            "image": split.images(safe),
             "label": np.where(mask, np.take(split.label, safe), 0).astype(np.int32),
             "mask": mask,
             "index": rows,

@@ -24,7 +24,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from input_pipeline import sources
+from input_pipeline import sources, windows
 from input_pipeline.decoded_cache import _COLUMNS, _gather, load_table, release_freed_memory
 from input_pipeline.errors import DataError
 
@@ -43,13 +43,34 @@ class Split:
     height: np.ndarray  # int32 [N], true height before padding
     width: np.ndarray  # int32 [N], true width before padding
     file_name: np.ndarray  # str [N]
+    # int64 [N, k * k] or None: the rows of this split that make each patch's k x k window on
+    # its slide's grid, -1 where the grid has no patch (`windows.window_rows`; data.window).
+    windows: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.label)
 
     def take(self, rows: np.ndarray) -> Split:
-        """The rows given, in that order (copies; a memory-mapped column is read, not mapped)."""
+        """The rows given, in that order (copies; a memory-mapped column is read, not mapped),
+        without windows: they index rows, which change (`with_windows` makes them anew)."""
         return Split(**{c: _gather(getattr(self, c), rows) for c in _COLUMNS})
+
+    def with_windows(self, size: int) -> Split:
+        """This split whose batches are `size` x `size` windows of patches (1: the patch alone).
+
+        A window's cells come from this split only: under the patient protocols a patient's
+        patches are all in one split, so nothing is lost; under "random_patch" a neighbour drawn
+        into another split is a white cell."""
+        if size == 1:
+            return dataclasses.replace(self, windows=None)
+        rows = windows.window_rows(self.patient, self.x, self.y, size)
+        return dataclasses.replace(self, windows=rows)
+
+    def images(self, rows: np.ndarray) -> np.ndarray:
+        """uint8 [B, S, S, 3] of these rows: the patches (S = 50), or their windows (S = 50 k)."""
+        if self.windows is None:
+            return np.take(self.image, rows, axis=0)
+        return windows.assemble_windows(self.image, self.windows[rows])
 
     @property
     def num_positives(self) -> int:
@@ -334,6 +355,8 @@ def load_dataset(config: ml_collections.ConfigDict) -> Dataset:
             config.test_fraction,
             # Configs written before the key existed drew the test patients too.
             config.get("test_patients", ""),
+            x=full.x,
+            y=full.y,
         )
     except ValueError as error:  # a patient or protocol the data does not have
         raise DataError(f"{error} ({choice.name})") from None
@@ -347,7 +370,12 @@ def load_dataset(config: ml_collections.ConfigDict) -> Dataset:
     )
     if fewer_note:
         indices = dataclasses.replace(indices, train=train_rows, notes=(*indices.notes, fewer_note))
-    split = {name: full.take(getattr(indices, name)) for name in ("train", "validation", "test")}
+    # Configs written before the key existed showed each patch alone.
+    window = config.get("window", 1)
+    split = {
+        name: full.take(getattr(indices, name)).with_windows(window)
+        for name in ("train", "validation", "test")
+    }
     if len(split["train"]) == 0:
         raise DataError(
             f"the {protocol!r} split left no training patches in {choice.name} "

@@ -39,7 +39,8 @@ SCHEDULES_OVER_THE_RUN = ("warmup_cosine",)
 
 CHOICES = {
     "data.dataset": ("auto", "kaggle_idc", "idc_sample"),
-    "data.split": ("patient", "published", "random_patch"),
+    "data.split": ("patient", "stratified", "published", "random_patch"),
+    "data.window": (1, 3, 5, 7),
     "schedule": ("constant", "warmup_cosine"),
     "class_weights": ("none", "balanced"),
     "compute_dtype": ("auto", "float32", "bfloat16", "float16", "float64"),
