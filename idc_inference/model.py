@@ -19,6 +19,10 @@ Inputs (`prepare_patches`): RGB patches [N, H, W, 3], square.
   resize (`input_pipeline.preprocessing.resize`: antialiased bilinear); patches at the Kaggle
   scale but larger must be cropped or tiled instead. Border patches cut short by the slide edge
   are padded with white to 50x50 by the file reader, as the data pipeline does.
+- A neighbourhood network (`model.window` k > 1, its run's `data.window`) sees each patch with
+  its surroundings: its inputs are windows of k x k patches centred on the patch judged, 50 k
+  pixels a side at the Kaggle scale (150 for k = 3: 600 um), white where there is no tissue or
+  slide (`input_pipeline.windows`); other sizes are taken to show the same 200 k um field.
 The network then resizes to its input size (config.preprocess.image_size) inside the compiled
 function, as in training.
 """
@@ -40,6 +44,7 @@ from idc_inference import run_records, training_runs
 from idc_inference import weights as weights_lib
 from idc_inference.context_stage import ContextStage
 from idc_inference.errors import ModelArgumentError, ModelSourceError
+from input_pipeline import windows
 
 SHIPPED_DIR = pathlib.Path(__file__).resolve().parent / "shipped"
 SHIPPED_NAME = "mobilenet_v1_idc"
@@ -65,6 +70,16 @@ class IDCModel:
     load_seconds: float = 0.0
 
     @property
+    def window(self) -> int:
+        """Patches a side of the network's input: 1, a patch; 3, a patch and its 8 neighbours."""
+        return self.predictor.window
+
+    @property
+    def input_size(self) -> int:
+        """Pixels a side of the input `predict` resizes to (50 per patch of the window)."""
+        return self.predictor.input_size
+
+    @property
     def name(self) -> str:
         return self.path.stem if self.source != "workdir" else self.path.name
 
@@ -79,7 +94,9 @@ class IDCModel:
 
     def predict(self, patches) -> np.ndarray:
         """P(IDC), float32 [N], of RGB patches [N, H, W, 3] (see the module docstring)."""
-        images = prepare_patches(patches, resize_method=self.config.preprocess.resize_method)
+        images = prepare_patches(
+            patches, resize_method=self.config.preprocess.resize_method, size=self.input_size
+        )
         return np.asarray(self.predictor(images), np.float32)
 
     def classify(self, patches) -> np.ndarray:
@@ -96,6 +113,7 @@ class IDCModel:
             "model": self.config.model.name,
             "alpha": self.config.model.alpha,
             "image_size": self.config.preprocess.image_size,
+            "window": self.window,
             "checkpoint": self.checkpoint,
             "step": self.step,
             "threshold": self.threshold,
@@ -153,7 +171,14 @@ def load(
     if given_threshold is not None:
         fields["threshold"] = given_threshold
         fields["threshold_source"] = "given"
-    predictor = Predictor(network, fields["config"].preprocess, batch_size=batch_size, tta=tta)
+    config = fields["config"]
+    predictor = Predictor(
+        network,
+        config.preprocess,
+        batch_size=batch_size,
+        tta=tta,
+        window=windows.window_size(config),
+    )
     result = IDCModel(predictor=predictor, tta=tta, **fields)
     result.load_seconds = time.perf_counter() - start
     return result
@@ -266,8 +291,11 @@ def quiet_orbax():
 # ----------------------------------------------------------------------------- inputs
 
 
-def prepare_patches(patches, *, resize_method: str = "bilinear") -> np.ndarray:
-    """RGB patches [N, H, W, 3] (uint8 0-255, or floats in [0, 1]) -> uint8 [N, 50, 50, 3].
+def prepare_patches(
+    patches, *, resize_method: str = "bilinear", size: int = PATCH_SIZE
+) -> np.ndarray:
+    """RGB patches [N, H, W, 3] (uint8 0-255, or floats in [0, 1]) -> uint8 [N, size, size, 3]
+    (`size` 50 for a patch network, 50 k for a window of k x k patches).
 
     Raises ValueError with what is wrong and what to do: wrong rank, channel count, non-square
     patches, values out of range.
@@ -317,8 +345,8 @@ def prepare_patches(patches, *, resize_method: str = "bilinear") -> np.ndarray:
         images = np.round(array.astype(np.float64) * 255.0).astype(np.uint8)
     else:
         raise ValueError(f"patches must be uint8 (0-255) or floats in [0, 1], not {array.dtype}")
-    if height != PATCH_SIZE and n:
-        images = resize_patches(images, PATCH_SIZE, resize_method)
+    if height != size and n:
+        images = resize_patches(images, size, resize_method)
     return np.ascontiguousarray(images)
 
 

@@ -63,11 +63,12 @@ def predict_files(
     The files go through the same streaming pipeline as a slide's tiles (`idc_inference.tiles`):
     decoding in threads overlaps the network, batches are dispatched as soon as they are full.
     With `predictor=None` nothing is predicted (p_idc is NaN): the slide maps of the ground truth
-    need only the images.
+    need only the images. A neighbourhood network's windows are made of the neighbouring files
+    among `files` (`tiles.PngFiles`): give it a patient's whole folder, not single files.
     """
     files = list(files)
     result = tiles.stream(
-        tiles.PngFiles(files),
+        tiles.PngFiles(files, window=getattr(predictor, "window", 1)),
         predictor,
         num_threads=num_threads,
         keep_images=keep_images,

@@ -2,6 +2,7 @@
 
     predictor, config, step = Predictor.from_workdir("/tmp/idc_v1", tta=True)
     p_idc = predictor(patches)      # uint8 [N, 50, 50, 3] -> float32 [N]
+    predictor.window                # 3 for a neighbourhood network: inputs [N, 150, 150, 3]
 
 `idc_inference.patch_files` feeds it PNG files; `idc_inference.mosaic` paints what it says.
 
@@ -28,6 +29,7 @@ import numpy as np
 from flax import nnx
 
 from evaluation import views as views_lib
+from input_pipeline import windows
 from input_pipeline.patches import (
     PATCH_SIZE,
     WHITE,
@@ -55,7 +57,8 @@ class Predictor:
 
     `batch_size` is rounded up to a multiple of the device count; every call is cut into batches of
     exactly that size (the last one padded with white patches whose outputs are dropped), so the
-    compiled function is the only one ever run.
+    compiled function is the only one ever run. `window`: patches a side of the network's input
+    (its run's `data.window`): inputs are uint8 [N, 50 window, 50 window, 3].
     """
 
     def __init__(
@@ -65,7 +68,10 @@ class Predictor:
         *,
         batch_size: int = 256,
         tta: bool = False,
+        window: int = 1,
     ):
+        self.window = window
+        self.input_size = PATCH_SIZE * window
         self.sharding = Sharding.over_all_devices()
         devices = jax.device_count()
         self.batch_size = max(devices, -(-batch_size // devices) * devices)
@@ -84,7 +90,9 @@ class Predictor:
             out_shardings=self.sharding.batch,
         )
         batch_shape = jax.ShapeDtypeStruct(
-            (self.batch_size, PATCH_SIZE, PATCH_SIZE, 3), jnp.uint8, sharding=self.sharding.batch
+            (self.batch_size, self.input_size, self.input_size, 3),
+            jnp.uint8,
+            sharding=self.sharding.batch,
         )
         start = time.perf_counter()
         self._compiled = jitted.lower(self._state, batch_shape).compile()
@@ -99,7 +107,8 @@ class Predictor:
         from idc_inference import training_runs  # noqa: PLC0415
 
         config, model, step = training_runs.run_directory(workdir).restore_model(which)
-        return cls(model, config.preprocess, **kwargs), config, step
+        window = windows.window_size(config)
+        return cls(model, config.preprocess, window=window, **kwargs), config, step
 
     def dispatch(self, images: np.ndarray) -> jax.Array:
         """Starts one batch (at most `batch_size` patches) and returns its P(IDC) without waiting.
@@ -109,12 +118,13 @@ class Predictor:
         """
         if len(images) > self.batch_size:
             raise ValueError(f"{len(images)} images exceed the batch size {self.batch_size}")
-        padded = np.full((self.batch_size, PATCH_SIZE, PATCH_SIZE, 3), WHITE, np.uint8)
+        size = self.input_size
+        padded = np.full((self.batch_size, size, size, 3), WHITE, np.uint8)
         padded[: len(images)] = images
         return self._compiled(self._state, self.sharding.put_batch({"image": padded})["image"])
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
-        """P(IDC), float32 [N], of uint8 patches [N, 50, 50, 3]."""
+        """P(IDC), float32 [N], of uint8 patches [N, 50, 50, 3] (windows: [N, 50 k, 50 k, 3])."""
         pending = [
             self.dispatch(images[start : start + self.batch_size])
             for start in range(0, len(images), self.batch_size)

@@ -22,7 +22,8 @@ import numpy as np
 
 from idc_inference.context_stage import ContextStage
 from idc_inference.weights import WeightsError, network_tensors, tensors_path, write_weights
-from input_pipeline import KAGGLE_PATCH_MPP
+from input_pipeline import KAGGLE_PATCH_MPP, windows
+from input_pipeline.patches import PATCH_SIZE
 
 PACKAGE = "mobilenets-idc"
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -132,14 +133,7 @@ def export_workdir(
         "model": config.model.name,
         "alpha": config.model.alpha,
         "image_size": config.preprocess.image_size,
-        "input": {
-            "patch_size": 50,
-            "layout": "NHWC",
-            "channels": "RGB",
-            "dtype": "uint8",
-            "scale": f"the Kaggle IDC patches': about {KAGGLE_PATCH_MPP} micrometres per pixel, "
-            "a 50x50 patch 200 x 200 micrometres (MODEL_CARD.md)",
-        },
+        "input": input_record(config),
         "step": step,
         "checkpoint": checkpoint,
         "threshold": {"value": threshold, "source": threshold_source},
@@ -154,6 +148,29 @@ def export_workdir(
         "exported_by": code_version(),
     }
     return write_weights(output, network_tensors(model), record)
+
+
+def input_record(config: ml_collections.ConfigDict) -> dict:
+    """What the network takes: uint8 RGB NHWC at the Kaggle scale, a patch or a window of them."""
+    window = windows.window_size(config)
+    size = PATCH_SIZE * window
+    seen = (
+        "one patch"
+        if window == 1
+        else f"a window of {window} x {window} patches centred on the patch judged, white where "
+        "there is no tissue or slide"
+    )
+    return {
+        "patch_size": PATCH_SIZE,
+        "window": window,
+        "size": size,
+        "layout": "NHWC",
+        "channels": "RGB",
+        "dtype": "uint8",
+        "scale": f"the Kaggle IDC patches': about {KAGGLE_PATCH_MPP} micrometres per pixel; "
+        f"{size}x{size} pixels, {seen}: {int(size * KAGGLE_PATCH_MPP)} x "
+        f"{int(size * KAGGLE_PATCH_MPP)} micrometres (MODEL_CARD.md)",
+    }
 
 
 def run_threshold(rundir, step: int) -> tuple[float, str]:

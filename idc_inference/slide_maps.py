@@ -62,7 +62,7 @@ def predict_slide_tiles(
     """P(IDC) of the tiles with these level-0 top-left corners, through the streaming pipeline."""
     geometry = TileGeometry.for_slide(slide)
     reader = TileReader(slide, geometry)
-    source = tiles.SlideTiles(reader, left, top)
+    source = tiles.SlideTiles(reader, left, top, window=getattr(predictor, "window", 1))
     try:
         result = tiles.stream(
             source,

@@ -106,8 +106,10 @@ class TileReader:
                     self._handles.remove(handle)
             handle.close()
 
-    def read(self, x0: float, y0: float) -> np.ndarray:
-        """The tile whose top-left corner is level-0 pixel (x0, y0): RGB uint8 [50, 50, 3].
+    def read(self, x0: float, y0: float, window: int = 1) -> np.ndarray:
+        """The tile whose top-left corner is level-0 pixel (x0, y0): RGB uint8 [50, 50, 3]; with
+        `window` > 1, the region of `window` x `window` tiles centred on it, read at once:
+        uint8 [50 window, 50 window, 3], white beyond the slide's edge.
 
         Raises `TileReadError` when OpenSlide cannot decode it (the handle is then replaced).
         """
@@ -116,10 +118,12 @@ class TileReader:
         g = self.geometry
         w0, h0 = self.slide.dimensions
         wl, hl = self.slide.level_dimensions[g.level]
-        box = (x0 * wl / w0, y0 * hl / h0, g.size_level[0], g.size_level[1])
+        half = window // 2
+        left, top = x0 * wl / w0 - half * g.size_level[0], y0 * hl / h0 - half * g.size_level[1]
+        box = (left, top, window * g.size_level[0], window * g.size_level[1])
         try:
             return read_region_level(
-                self._handle(), g.level, g.downsample, box, (PATCH_SIZE, PATCH_SIZE)
+                self._handle(), g.level, g.downsample, box, (window * PATCH_SIZE,) * 2
             )
         except openslide.OpenSlideError as error:
             self._drop_handle()

@@ -7,7 +7,11 @@
 Two sources, one pipeline: `PngFiles` decodes the Kaggle patch files (predict.py, heatmap.py),
 `SlideTiles` reads tiles of a whole-slide image through OpenSlide (map_slide.py). Both give
 `LoadedPatch`es (uint8 [50, 50, 3], white-padded; the size of the real pixels; or an error), and
-`stream` does the rest the same way for both:
+`stream` does the rest the same way for both. For a neighbourhood network (`window` > 1, its
+`data.window`) each item is the window of `window` x `window` patches centred on it, 50 `window`
+pixels a side, read as training built it (`input_pipeline.windows`): from the neighbouring files
+of the same patient on the Kaggle grid, or one region of the slide around the tile; what lies
+beyond the tissue, the files or the slide's edge is white.
 
 - worker threads read items ahead of the consumer, in order, at most `lookahead` of them at a
   time (decoding a PNG, reading an OpenSlide region and resampling it all release the GIL);
@@ -33,7 +37,8 @@ from typing import Protocol
 
 import numpy as np
 
-from input_pipeline.patches import PATCH_SIZE, LoadedPatch, load_patch
+from input_pipeline import windows
+from input_pipeline.patches import PATCH_SIZE, WHITE, LoadedPatch, load_patch, parse_patch_name
 
 
 class TileSource(Protocol):
@@ -49,21 +54,56 @@ class TileSource(Protocol):
 
 
 class PngFiles:
-    """PNG patch files, decoded as training decoded them (`input_pipeline.patches.load_patch`)."""
+    """PNG patch files, decoded as training decoded them (`input_pipeline.patches.load_patch`).
+
+    With `window` > 1 each item is its file's window on the Kaggle grid, its cells the files of
+    the same patient that the names place there (`windows.window_rows`); a file whose name gives
+    no grid position (`no_position`) is shown with white around it, and a neighbour that cannot
+    be read is a white cell."""
 
     unit = "patch"
 
-    def __init__(self, files: Sequence[pathlib.Path]):
+    def __init__(self, files: Sequence[pathlib.Path], window: int = 1):
         self.files = list(files)
+        self.window = window
+        self.no_position: list[int] = []
+        if window > 1:
+            self._rows, self.no_position = png_window_rows(self.files, window)
 
     def __len__(self) -> int:
         return len(self.files)
 
     def read(self, index: int) -> LoadedPatch:
-        return load_patch(self.files[index])
+        centre = load_patch(self.files[index])
+        if self.window == 1 or centre.image is None:
+            return centre
+        cells = []
+        for row in self._rows[index]:
+            patch = centre if row == index else load_patch(self.files[row]) if row >= 0 else None
+            cells.append(patch.image if patch is not None and patch.image is not None else None)
+        blank = np.full_like(centre.image, WHITE)
+        stacked = np.stack([blank if cell is None else cell for cell in cells])
+        image = windows.assemble_windows(stacked, np.arange(len(cells))[None])[0]
+        return LoadedPatch(image, centre.height, centre.width)
 
     def name(self, index: int) -> str:
         return str(self.files[index])
+
+
+def png_window_rows(files: Sequence[pathlib.Path], window: int) -> tuple[np.ndarray, list[int]]:
+    """(int64 [N, window**2] rows of each file's window among `files`, the indices of the files
+    whose names give no grid position: only their own cell is filled)."""
+    names = [parse_patch_name(pathlib.Path(f).name) for f in files]
+    placed = [i for i, n in enumerate(names) if n.x is not None and n.patient is not None]
+    rows = np.full((len(files), window * window), -1, np.int64)
+    rows[:, window * window // 2] = np.arange(len(files))
+    if placed:
+        patient = np.array([names[i].patient for i in placed])
+        x = np.array([names[i].x for i in placed])
+        y = np.array([names[i].y for i in placed])
+        found = windows.window_rows(patient, x, y, window)
+        rows[placed] = np.where(found >= 0, np.asarray(placed)[np.maximum(found, 0)], -1)
+    return rows, sorted(set(range(len(files))) - set(placed))
 
 
 class SlideTiles:
@@ -71,12 +111,15 @@ class SlideTiles:
 
     Each tile is the field of view of one Kaggle patch, read from the reader's pyramid level
     and resampled to 50x50; the part of a tile beyond the slide's edge is white (`height` and
-    `width` give the part inside, in tile pixels, as a border patch's true size).
+    `width` give the part inside, in tile pixels, as a border patch's true size). With
+    `window` > 1, each item is the region of `window` x `window` tiles centred on the tile, read
+    at once and resampled to 50 `window` pixels a side.
     """
 
     unit = "tile"
 
-    def __init__(self, reader, left: np.ndarray, top: np.ndarray):
+    def __init__(self, reader, left: np.ndarray, top: np.ndarray, window: int = 1):
+        self.window = window
         self.reader = reader
         self.left = np.asarray(left, np.float64)
         self.top = np.asarray(top, np.float64)
@@ -94,7 +137,7 @@ class SlideTiles:
         from idc_inference.slide_tiles import TileReadError
 
         try:
-            image = self.reader.read(self.left[index], self.top[index])
+            image = self.reader.read(self.left[index], self.top[index], window=self.window)
         except TileReadError as error:
             return LoadedPatch(None, error=f"unreadable tile: {error}")
         return LoadedPatch(image, int(self.heights[index]), int(self.widths[index]))
@@ -113,7 +156,7 @@ class StreamResult:
     widths: np.ndarray
     errors: list[tuple[int, str]]  # (source index, reason) of every unreadable item
     seconds: float  # reading + prediction, compilation excluded
-    images: np.ndarray | None = None  # uint8 [N, 50, 50, 3] when asked for
+    images: np.ndarray | None = None  # uint8 [N, 50, 50, 3] when asked for (windows' centres)
 
     @property
     def images_per_second(self) -> float:
@@ -198,7 +241,7 @@ def stream(
             widths.append(patch.width)
             batch.append(patch.image)
             if keep_images:
-                images.append(patch.image)
+                images.append(windows.centre_of(patch.image[None])[0])
             if len(batch) == batch_size:
                 flush()
         flush()

@@ -31,6 +31,11 @@ WHOLE_SLIDE_NEIGHBOURS = 0.5
 _FOUR_NEIGHBOURS = ((-1, 0), (1, 0), (0, -1), (0, 1))
 
 
+def window_size(config) -> int:
+    """Patches a side of a run's input (its `data.window`; 1 for runs made before it existed)."""
+    return int(config.data.get("window", 1))
+
+
 def grid_cells(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(row, column) of each patch on its slide's grid, from the 1-based top-left pixels."""
     return (np.asarray(y, np.int64) - 1) // GRID, (np.asarray(x, np.int64) - 1) // GRID
@@ -68,6 +73,13 @@ def window_offsets(size: int) -> list[tuple[int, int]]:
         raise ValueError(f"a window is an odd number of patches a side (1, 3, 5, ...), got {size}")
     half = size // 2
     return [(dr, dc) for dr in range(-half, half + 1) for dc in range(-half, half + 1)]
+
+
+def centre_of(windows: np.ndarray) -> np.ndarray:
+    """The centre patches [B, 50, 50, 3] of windows [B, 50 k, 50 k, 3] (or the patches, k = 1)."""
+    size = windows.shape[1] // PATCH_SIZE
+    start = (size // 2) * PATCH_SIZE
+    return windows[:, start : start + PATCH_SIZE, start : start + PATCH_SIZE]
 
 
 def window_rows(patient: np.ndarray, x: np.ndarray, y: np.ndarray, size: int) -> np.ndarray:
