@@ -72,6 +72,13 @@ def define_flags() -> None:
         "slide-context stage is fitted on instead of the run's validation patients: a stage for "
         "whole slides learns best from whole slides (results/real_245).",
     )
+    flags.DEFINE_bool(
+        "calibrate",
+        True,
+        "Calibrate the shipped P(IDC) (idc_inference/calibration.py): the patch network's on "
+        "the run's validation patients, the slide-context stage's on the patients it is fitted "
+        "on; the thresholds are then chosen again on the calibrated scale.",
+    )
     flags.mark_flags_as_required(["output"])
 
 
@@ -103,12 +110,14 @@ def export_weights(output: pathlib.Path) -> None:
         fail(f"{workdir} is not a training run (no config.json in it)")
     with model_lib.quiet_orbax():
         stage = fit_context_stage(workdir) if FLAGS.context else None
+        calibration = calibrate_patches(workdir) if FLAGS.calibrate else None
         record = run_records.export_workdir(
             workdir,
             output,
             checkpoint=FLAGS.checkpoint,
             with_patients=FLAGS.patients,
             context_stage=stage,
+            calibration=calibration,
         )
     size = weights_lib.tensors_path(output).stat().st_size
     print(
@@ -118,10 +127,21 @@ def export_weights(output: pathlib.Path) -> None:
     )
 
 
+def calibrate_patches(workdir: pathlib.Path):
+    """(the patch network's calibration, its threshold), fitted on the validation patients."""
+    from experiment import calibrating, predictions  # noqa: PLC0415
+
+    table = predictions.split_predictions(workdir, "validation", FLAGS.checkpoint)
+    fitted_on = f"the run's {len(set(table.patient.tolist()))} validation patients"
+    calibration, threshold = calibrating.calibrate_patches(table, fitted_on)
+    print(f"patch P(IDC) calibrated ({calibration.kind}) on {fitted_on}: threshold {threshold:.4g}")
+    return calibration, threshold
+
+
 def fit_context_stage(workdir: pathlib.Path):
     """The slide-context stage fitted on the run's validation patients at --checkpoint, or on
     the held-out whole slides of --context_slides."""
-    from experiment import predictions, slide_context, slide_folds  # noqa: PLC0415
+    from experiment import calibrating, predictions, slide_context, slide_folds  # noqa: PLC0415
 
     if FLAGS.context_slides:
         for run in FLAGS.context_slides:
@@ -145,6 +165,8 @@ def fit_context_stage(workdir: pathlib.Path):
         stage = slide_context.fit_smoothing_stage(table, fitted_on=fitted_on)
     else:
         stage = slide_context.fit_context_model(table, fitted_on=fitted_on)
+    if FLAGS.calibrate:
+        stage = calibrating.calibrate_stage(stage, table)
     print(f"slide-context stage fitted on {stage.fitted_on}: threshold {stage.threshold:.4g}")
     return stage
 

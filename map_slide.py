@@ -139,6 +139,7 @@ def main(argv):
                 opacity=FLAGS.opacity,
                 smooth_um=FLAGS.smooth_um,
                 context=context,
+                calibration=model.calibration,
             )
         except slide_files.SlideError as error:
             raise cli.UserError(str(error)) from None

@@ -79,9 +79,7 @@ def main(argv):
 
     model = model_flags.load_model()
     print(model.announce(), flush=True)
-    predictions = patch_files.predict_files(
-        model.predictor, files, num_threads=FLAGS.num_threads, progress=True
-    )
+    predictions = model.predict_files(files, num_threads=FLAGS.num_threads, progress=True)
     errors = errors + predictions.errors
     patch_files.write_predictions_csv(output, predictions, model.threshold)
     patch_files.write_errors(f"{output}.errors.txt", errors)

@@ -34,6 +34,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from scipy import ndimage
 
+from idc_inference.calibration import Calibration
 from idc_inference.errors import ContextStageError
 from input_pipeline.windows import neighbour_fraction
 
@@ -133,6 +134,8 @@ class ContextStage:
     threshold: float = 0.5  # maximises balanced accuracy on the patients it was fitted on
     fitted_on: str = ""  # which patients, for the record
     kind: str = "logistic regression"  # or "smoothing" (`ContextStage.smoothing`)
+    # Applied to the stage's output; `threshold` is then on the calibrated scale.
+    calibration: Calibration = Calibration()
 
     @classmethod
     def smoothing(cls, sigma: float, threshold: float, fitted_on: str = "") -> ContextStage:
@@ -150,7 +153,7 @@ class ContextStage:
         groups: np.ndarray | None = None,
     ) -> np.ndarray:
         z = context_features(p_idc, rows, cols, groups, self.sigmas) @ self.weights + self.bias
-        return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
+        return self.calibration.apply(1.0 / (1.0 + np.exp(-z)))
 
     def to_record(self) -> dict:
         """Plain JSON values for a weights record (`idc_inference.weights`)."""
@@ -164,6 +167,7 @@ class ContextStage:
             "bias": float(self.bias),
             "threshold": float(self.threshold),
             "fitted_on": self.fitted_on,
+            "calibration": self.calibration.to_record(),
         }
 
     @classmethod
@@ -178,6 +182,8 @@ class ContextStage:
                 float(record["threshold"]),
                 str(record.get("fitted_on", "")),
                 str(record.get("kind", "logistic regression")),
+                # Stages recorded before calibration existed output their P(IDC) as it is.
+                Calibration.from_record(record.get("calibration")),
             )
         except (KeyError, TypeError, ValueError) as error:
             raise ContextStageError(f"unreadable context stage ({error!r})") from None

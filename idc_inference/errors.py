@@ -20,4 +20,14 @@ class ContextStageError(ValueError):
     """A weights record's context stage that this code cannot use."""
 
 
-USER_ERRORS = (ModelSourceError, ModelArgumentError, WeightsError, ContextStageError)
+class CalibrationError(ValueError):
+    """A weights record's calibration that this code cannot use."""
+
+
+USER_ERRORS = (
+    ModelSourceError,
+    ModelArgumentError,
+    WeightsError,
+    ContextStageError,
+    CalibrationError,
+)

@@ -42,6 +42,7 @@ import numpy as np
 
 from idc_inference import run_records, training_runs
 from idc_inference import weights as weights_lib
+from idc_inference.calibration import Calibration
 from idc_inference.context_stage import ContextStage
 from idc_inference.errors import ModelArgumentError, ModelSourceError
 from input_pipeline import windows
@@ -92,12 +93,28 @@ class IDCModel:
         record = (self.record or {}).get("context_stage")
         return None if record is None else ContextStage.from_record(record)
 
+    @property
+    def calibration(self) -> Calibration:
+        """The map from the network's P(IDC) to a calibrated one, fitted on held-out patients
+        by export_model.py (`idc_inference.calibration`); identity for training runs and
+        weights exported without one. `threshold` is on the calibrated scale."""
+        return Calibration.from_record((self.record or {}).get("calibration"))
+
     def predict(self, patches) -> np.ndarray:
-        """P(IDC), float32 [N], of RGB patches [N, H, W, 3] (see the module docstring)."""
+        """P(IDC), float32 [N], of RGB patches [N, H, W, 3] (see the module docstring),
+        calibrated when the model carries a calibration."""
         images = prepare_patches(
             patches, resize_method=self.config.preprocess.resize_method, size=self.input_size
         )
-        return np.asarray(self.predictor(images), np.float32)
+        return self.calibration.apply(self.predictor(images))
+
+    def predict_files(self, files, **options):
+        """`patch_files.predict_files` of PNG files by this model, P(IDC) calibrated as
+        `predict`'s; `options` are predict_files' (keep_images, num_threads, progress)."""
+        from idc_inference import patch_files  # noqa: PLC0415
+
+        predictions = patch_files.predict_files(self.predictor, files, **options)
+        return dataclasses.replace(predictions, p_idc=self.calibration.apply(predictions.p_idc))
 
     def classify(self, patches) -> np.ndarray:
         """1 (IDC) where P(IDC) >= the model's threshold, else 0; int32 [N]."""
@@ -119,6 +136,7 @@ class IDCModel:
             "threshold": self.threshold,
             "threshold_source": self.threshold_source,
             "tta": self.tta,
+            "calibration": self.calibration.kind,
             "code_version": run_records.code_version(),
         }
 

@@ -50,7 +50,10 @@ def slide_maps(
     files, errors = find_png_files([patient_dir])
     predictor = model.predictor if model is not None else None
     step = model.step if model is not None else None
-    predictions = patch_files.predict_files(predictor, files, keep_images=True, progress=progress)
+    if model is not None:
+        predictions = model.predict_files(files, keep_images=True, progress=progress)
+    else:
+        predictions = patch_files.predict_files(None, files, keep_images=True, progress=progress)
     errors += predictions.errors
 
     # Only patches whose names give their slide position can be placed.

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 import ml_collections
 import numpy as np
 
+from idc_inference.calibration import Calibration
 from idc_inference.context_stage import ContextStage
 from idc_inference.weights import WeightsError, network_tensors, tensors_path, write_weights
 from input_pipeline import KAGGLE_PATCH_MPP, windows
@@ -98,11 +99,14 @@ def export_workdir(
     checkpoint: str = "latest",
     with_patients: bool = True,
     context_stage: ContextStage | None = None,
+    calibration: tuple[Calibration, float] | None = None,
 ) -> dict:
     """Writes the inference weights of a checkpoint of a training run; returns the record.
 
     `context_stage`, fitted on the run's validation patients, goes into the record for
-    map_slide.py --context.
+    map_slide.py --context. `calibration`: (the patch network's calibration, the threshold on
+    its scale), both fitted on held-out patients (export_model.py); the threshold replaces the
+    run's own.
 
     The threshold is the one tuned on validation at that checkpoint (summary.json's for the final
     one), the TTA setting the run's `eval_tta`. With `with_patients` the split is recomputed from
@@ -114,6 +118,11 @@ def export_workdir(
     config, model, step = rundir.restore_model(checkpoint)
     summary = rundir.summary()
     threshold, threshold_source = run_threshold(rundir, step)
+    if calibration is not None:
+        threshold = calibration[1]
+        threshold_source = (
+            f"maximum balanced accuracy of the calibrated P(IDC) on {calibration[0].fitted_on}"
+        )
     patients, patients_note = None, None
     if with_patients:
         patients = split_patients(config)
@@ -145,6 +154,7 @@ def export_workdir(
         "patients_note": patients_note,
         "summary": without_machine_paths(summary) if summary else None,
         "context_stage": None if context_stage is None else context_stage.to_record(),
+        "calibration": None if calibration is None else calibration[0].to_record(),
         "exported_by": code_version(),
     }
     return write_weights(output, network_tensors(model), record)

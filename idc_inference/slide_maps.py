@@ -42,6 +42,7 @@ import pathlib
 import numpy as np
 
 from idc_inference import regions, slide_files, slide_outputs, slide_thumbnails, tiles, tissue
+from idc_inference.calibration import Calibration
 from idc_inference.context_stage import ContextStage
 from idc_inference.slide_labels import Labels, compare_with_labels, read_labels
 from idc_inference.slide_tiles import TileGeometry, TileReader, tile_grid
@@ -96,13 +97,15 @@ def map_slide(
     smooth_um: float = 0.0,
     max_thumbnail: int = 2048,
     context: ContextStage | None = None,
+    calibration: Calibration | None = None,
 ) -> dict:
     """Maps P(IDC) over one slide and writes its outputs (module docstring); returns the summary.
 
     `predictor` is an `idc_inference.predictor.Predictor`; `model` describes it for the record
     (`IDCModel.describe()`: source, checkpoint, step, TTA, code version). `context`: the
     slide-context stage to apply (`IDCModel.context_stage`); `threshold` then applies to its
-    P(IDC) (the stage's own threshold is `context.threshold`). Raises
+    P(IDC) (the stage's own threshold is `context.threshold`). `calibration` maps the patch
+    network's P(IDC) (`IDCModel.calibration`; the context stage calibrates its own). Raises
     `slide_files.SlideError` for a slide that cannot be used and `LabelsError` for bad labels;
     neither leaves an output behind.
     """
@@ -147,10 +150,11 @@ def map_slide(
             f"be read; skipped, listed in {names['unreadable']}"
         )
     mapped = analysed.subset(result.indices)
-    patch_p_idc = result.p_idc
+    network_p_idc = result.p_idc
+    patch_p_idc = network_p_idc if calibration is None else calibration.apply(network_p_idc)
     p_idc = patch_p_idc
     if context is not None:
-        p_idc = context.predict(patch_p_idc, mapped.rows, mapped.cols)
+        p_idc = context.predict(network_p_idc, mapped.rows, mapped.cols)
     decisions = p_idc >= threshold
     smooth_px = smooth_um / slide.scale.mpp
     found = regions.idc_regions(
@@ -176,6 +180,7 @@ def map_slide(
         "threshold": threshold,
         "tta": (model or {}).get("tta"),
         "context_stage": None if context is None else context.to_record(),
+        "calibration": None if calibration is None else calibration.to_record(),
         "tissue_area_mm2": tissue_area,
         "idc_tissue_area_mm2": idc_tissue_area,
         "idc_fraction_of_tissue": idc_tissue_area / tissue_area if tissue_area > 0 else 0.0,
