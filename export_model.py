@@ -15,7 +15,8 @@
     # or serialized StableHLO (jax.export), the fallback for layers jax2onnx cannot convert:
     python export_model.py --weights=/tmp/v1.safetensors --format=stablehlo --output=v1.stablehlo
 
-The ONNX model takes uint8 RGB patches [N, 50, 50, 3] (NHWC, 0-255, the Kaggle scale) and returns
+The ONNX model takes uint8 RGB patches [N, 50, 50, 3] (NHWC, 0-255, the Kaggle scale; a
+neighbourhood network its windows, [N, 150, 150, 3] for 3 x 3) and returns
 P(IDC) float32 [N]; its metadata_props say so, with the threshold tuned on validation and the TTA
 (`idc_inference/export_onnx.py` has the details). After writing it, the program runs it in
 onnxruntime on 8 synthetic patches and prints the largest difference from JAX's P(IDC).
@@ -213,7 +214,10 @@ def check(weights_path: pathlib.Path, output: pathlib.Path) -> None:
 
     weights = weights_lib.read_weights(weights_path)
     tta = weights.tta if FLAGS.tta is None else FLAGS.tta
-    images = np.random.default_rng(0).integers(0, 256, (8, 50, 50, 3), dtype=np.uint8)
+    from input_pipeline import windows  # noqa: PLC0415
+
+    size = 50 * windows.window_size(weights.config)
+    images = np.random.default_rng(0).integers(0, 256, (8, size, size, 3), dtype=np.uint8)
     expected = np.asarray(jax.jit(export_onnx.p_idc_function(weights, tta=tta))(images))
     got = export_onnx.run_onnx(output, images)
     difference = np.abs(got - expected).max()

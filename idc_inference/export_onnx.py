@@ -5,14 +5,18 @@
 
 What the exported graph computes (`p_idc_function`), for any batch size N:
 
-    images  uint8 [N, 50, 50, 3], NHWC, RGB, 0-255: the Kaggle patches as decoded from their PNGs
-            (border patches padded with white, 255), at the Kaggle patches' scale
+    images  uint8 [N, S, S, 3], NHWC, RGB, 0-255: the Kaggle patches as decoded from their PNGs
+            (border patches padded with white, 255), at the Kaggle patches' scale; S = 50, or
+            for a neighbourhood network (data.window k > 1) the window of k x k patches centred
+            on the patch judged, S = 50 k, white where there is no tissue or slide
     p_idc   float32 [N]: P(IDC), the softmax probability of the IDC class; with TTA the mean over
-            the 8 dihedral views of each patch (rotations x mirror), as the run evaluated
+            the 8 dihedral views of each patch (rotations x mirror), as the run evaluated; then
+            the weights' calibration (`idc_inference.calibration`), when they carry one
 
 inside: uint8 / 255, training's resize to the network's input size, x * 2 - 1, the network in
-eval mode (BatchNorm with its running statistics, no dropout), softmax. The file's
-`metadata_props` say all this, plus the threshold tuned on validation, the model and its record.
+eval mode (BatchNorm with its running statistics, no dropout), softmax, the calibration. The
+file's `metadata_props` say all this, plus the window, the threshold (on the calibrated scale),
+the model and its record.
 
 jax2onnx (0.17.1) and the network:
 - `jax.image.resize(..., antialias=True)` is not converted ("resize with antialias=True is not
@@ -47,16 +51,29 @@ import numpy as np
 
 from idc_inference import run_records
 from idc_inference import weights as weights_lib
+from idc_inference.calibration import Calibration
+from input_pipeline import windows
 
 PATCH_SIZE = 50
 NUM_VIEWS = 8
 INPUT_NAME = "images"
 OUTPUT_NAME = "p_idc"
-INPUT_DOC = (
-    "uint8 [N, 50, 50, 3], NHWC, RGB, 0-255: Kaggle IDC patches as decoded from their PNG files "
-    "(border patches padded with white, 255), at the Kaggle patches' scale: about 4 micrometres "
-    "per pixel, a patch 200 x 200 micrometres (MODEL_CARD.md)"
-)
+
+
+def input_doc(window: int) -> str:
+    size = PATCH_SIZE * window
+    what = (
+        "Kaggle IDC patches as decoded from their PNG files (border patches padded with white, 255)"
+        if window == 1
+        else f"windows of {window} x {window} Kaggle IDC patches centred on the patch judged, "
+        "white (255) where there is no tissue or slide"
+    )
+    return (
+        f"uint8 [N, {size}, {size}, 3], NHWC, RGB, 0-255: {what}, at the Kaggle patches' scale: "
+        f"about 4 micrometres per pixel, {size * 4} x {size * 4} micrometres (MODEL_CARD.md)"
+    )
+
+
 OUTPUT_DOC = "float32 [N]: P(IDC), the softmax probability of invasive ductal carcinoma"
 
 
@@ -71,11 +88,11 @@ def dihedral_view(images: jax.Array, k: int) -> jax.Array:
 
 
 def network_inputs(images: jax.Array, image_size: int, method: str) -> jax.Array:
-    """uint8 [N, 50, 50, 3] -> float32 [N, S, S, 3] in [-1, 1]: `input_pipeline.preprocess` at
+    """uint8 [N, H, H, 3] -> float32 [N, S, S, 3] in [-1, 1]: `input_pipeline.preprocess` at
     evaluation, its `jax.image.resize` written as the `scale_and_translate` call it makes."""
     x = images.astype(jnp.float32) / 255.0
-    if image_size != PATCH_SIZE:
-        scale = jnp.full((2,), image_size / PATCH_SIZE, jnp.float32)
+    if image_size != images.shape[1]:
+        scale = jnp.full((2,), image_size / images.shape[1], jnp.float32)
         x = jax.image.scale_and_translate(
             x,
             (x.shape[0], image_size, image_size, x.shape[-1]),
@@ -89,11 +106,35 @@ def network_inputs(images: jax.Array, image_size: int, method: str) -> jax.Array
     return x * 2.0 - 1.0
 
 
+def calibrated(p: jax.Array, calibration: Calibration) -> jax.Array:
+    """`Calibration.apply` in operations every converter knows: the logit scaled for
+    "temperature"; for "isotonic", np.interp between the knots written as a sum of clipped
+    linear segments (y0 + sum of slope_i * clip(p - x_i, 0, x_(i+1) - x_i)), beyond them flat."""
+    if calibration.kind == "temperature":
+        q = jnp.clip(p, 1e-6, 1.0 - 1e-6)
+        return jax.nn.sigmoid(
+            (jnp.log(q) - jnp.log1p(-q)) / calibration.temperature + calibration.bias
+        )
+    if calibration.kind == "isotonic":
+        x = np.asarray(calibration.knots_x, np.float64)
+        y = np.asarray(calibration.knots_y, np.float64)
+        if len(x) == 1:
+            return jnp.full_like(p, y[0])
+        widths = np.diff(x)
+        slopes = np.where(widths > 0, np.diff(y) / np.where(widths > 0, widths, 1.0), 0.0)
+        steps = jnp.clip(
+            p[:, None] - jnp.asarray(x[:-1], jnp.float32), 0.0, jnp.asarray(widths, jnp.float32)
+        )
+        return y[0] + jnp.sum(steps * jnp.asarray(slopes, jnp.float32), axis=1)
+    return p
+
+
 def p_idc_function(
     weights: weights_lib.InferenceWeights, *, tta: bool
 ) -> Callable[[jax.Array], jax.Array]:
-    """images uint8 [N, 50, 50, 3] -> P(IDC) float32 [N], the network's weights as constants."""
+    """images uint8 [N, S, S, 3] -> P(IDC) float32 [N], the network's weights as constants."""
     config = weights.config
+    calibration = Calibration.from_record(weights.record.get("calibration"))
     model = weights.network(implementation="reference", dtype=jnp.float32)
     views = range(NUM_VIEWS) if tta else (0,)
     size, method = config.preprocess.image_size, config.preprocess.resize_method
@@ -103,7 +144,8 @@ def p_idc_function(
         # its weights stored once (a graph per view would hold V copies of them).
         stacked = jnp.concatenate([dihedral_view(images, k) for k in views], axis=0)
         probabilities = jax.nn.softmax(model(network_inputs(stacked, size, method)))[:, 1]
-        return jnp.mean(probabilities.reshape(len(views), images.shape[0]), axis=0)
+        mean = jnp.mean(probabilities.reshape(len(views), images.shape[0]), axis=0)
+        return calibrated(mean, calibration)
 
     return p_idc
 
@@ -111,12 +153,16 @@ def p_idc_function(
 def metadata(weights: weights_lib.InferenceWeights, *, tta: bool, converter: str) -> dict:
     """The key -> text pairs stored in the exported file (ONNX `metadata_props`)."""
     record = weights.record
+    window = windows.window_size(weights.config)
+    size = PATCH_SIZE * window
     return {
-        "input": f"{INPUT_NAME}: {INPUT_DOC}",
+        "input": f"{INPUT_NAME}: {input_doc(window)}",
         "input_layout": "NHWC",
         "input_dtype": "uint8",
         "input_scale": "0-255 (not normalised: the graph divides by 255 itself)",
-        "input_size": f"{PATCH_SIZE}x{PATCH_SIZE}",
+        "input_size": f"{size}x{size}",
+        "window": f"{window}x{window} patches" if window > 1 else "one patch",
+        "calibration": json.dumps(Calibration.from_record(record.get("calibration")).to_record()),
         "output": f"{OUTPUT_NAME}: {OUTPUT_DOC}",
         "tta": "8 dihedral views averaged" if tta else "one view",
         "threshold": repr(weights.threshold),
@@ -149,7 +195,8 @@ def export_onnx(
     weights = weights_lib.read_weights(weights_path)
     tta = weights.tta if tta is None else tta
     function = p_idc_function(weights, tta=tta)
-    spec = jax.ShapeDtypeStruct(("N", PATCH_SIZE, PATCH_SIZE, 3), jnp.uint8)
+    size = PATCH_SIZE * windows.window_size(weights.config)
+    spec = jax.ShapeDtypeStruct(("N", size, size, 3), jnp.uint8)
     try:
         model = jax2onnx.to_onnx(
             function,
@@ -193,7 +240,8 @@ def export_stablehlo(
     tta = weights.tta if tta is None else tta
     function = p_idc_function(weights, tta=tta)
     (batch,) = jax.export.symbolic_shape("N")
-    spec = jax.ShapeDtypeStruct((batch, PATCH_SIZE, PATCH_SIZE, 3), jnp.uint8)
+    size = PATCH_SIZE * windows.window_size(weights.config)
+    spec = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.uint8)
     exported = jax.export.export(jax.jit(function), platforms=("cpu", "cuda"))(spec)
     output = pathlib.Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -45,11 +45,12 @@ PATIENTS = ("12878", "16166")  # real patches, some cut short at the slide borde
 ALPHA = 0.25
 
 
-def config_of(name: str) -> ml_collections.ConfigDict:
+def config_of(name: str, window: int = 1) -> ml_collections.ConfigDict:
     from configs import default  # noqa: PLC0415
 
     config = default.get_config()
     config.model.name = name
+    config.data.window = window
     config.model.alpha = ALPHA
     config.compute_dtype = "float32"
     config.model.implementation = "reference"
@@ -57,14 +58,21 @@ def config_of(name: str) -> ml_collections.ConfigDict:
 
 
 def random_weights(
-    name: str, directory: pathlib.Path, patches: np.ndarray, *, tta: bool
+    name: str,
+    directory: pathlib.Path,
+    patches: np.ndarray,
+    *,
+    tta: bool,
+    window: int = 1,
+    calibration: dict | None = None,
 ) -> pathlib.Path:
     """A randomly initialised network of the config as a weights file: BatchNorm statistics
     drawn away from 0 / 1, and the classifier scaled and shifted so that the logit difference
-    over `patches` has median 0 and spread 2 (P(IDC) then spans most of (0, 1))."""
+    over `patches` has median 0 and spread 2 (P(IDC) then spans most of (0, 1)). `window` and
+    `calibration` (a record) as export_model.py would write them."""
     import mobilenets  # noqa: PLC0415
 
-    config = config_of(name)
+    config = config_of(name, window)
     rng = np.random.default_rng(zlib.crc32(name.encode()))
     model = mobilenets.create(
         name, **weights_lib.network_kwargs(config), rngs=nnx.Rngs(params=0, dropout=1)
@@ -97,6 +105,7 @@ def random_weights(
         "tta": tta,
         "trained_on": "nothing (random)",
         "config": config.to_dict(),
+        "calibration": calibration,
     }
     path = directory / f"{name}.safetensors"
     weights_lib.write_weights(path, tensors, record)
@@ -214,3 +223,66 @@ def test_stablehlo_fallback_matches_jax(patches, tmp_path):
     assert np.max(np.abs(got - exact)) <= 4 * e32 + 8 * UNIT_ROUNDOFF32
     meta = json.loads(output.with_suffix(".stablehlo.json").read_text())
     assert meta["input_layout"] == "NHWC" and meta["converter"].startswith("jax.export")
+
+
+def _windows_of(patches: np.ndarray) -> np.ndarray:
+    """3 x 3 windows of the real patches: each patch, and beside it its neighbours in the list
+    (not its slide's: any real tissue will do for the arithmetic), white corners."""
+    from input_pipeline import windows  # noqa: PLC0415
+
+    n = len(patches)
+    rows = np.full((n, 9), -1)
+    rows[:, 4] = np.arange(n)
+    rows[:, 3], rows[:, 5] = (np.arange(n) - 1) % n, (np.arange(n) + 1) % n
+    rows[:, 1], rows[:, 7] = (np.arange(n) + 7) % n, (np.arange(n) + 13) % n
+    return windows.assemble_windows(patches, rows)
+
+
+WINDOW_CALIBRATIONS = [
+    pytest.param({"kind": "temperature", "temperature": 1.7, "bias": -0.4}, id="temperature"),
+    pytest.param(
+        {
+            "kind": "isotonic",
+            "knots_x": [0.0, 0.2, 0.45, 0.5, 0.8, 1.0],
+            "knots_y": [0.02, 0.1, 0.1, 0.6, 0.7, 0.97],
+        },
+        id="isotonic",
+    ),
+]
+
+
+@needs_jax2onnx
+@pytest.mark.parametrize("calibration", WINDOW_CALIBRATIONS)
+def test_onnx_of_a_window_network_with_its_calibration_matches_jax(calibration, patches, tmp_path):
+    """A neighbourhood network (150 x 150 windows, resized down to 96 inside) with its
+    calibration in the graph: onnxruntime equals the calibration (numpy) of JAX's P(IDC), to
+    the float32 error of the network times the calibration's steepest slope."""
+    import onnx  # noqa: PLC0415
+
+    from idc_inference.calibration import Calibration  # noqa: PLC0415
+
+    windows_ = _windows_of(patches)
+    weights_file = random_weights(
+        "mobilenet_v1", tmp_path, windows_, tta=False, window=3, calibration=calibration
+    )
+    output = tmp_path / "window.onnx"
+    properties = export_onnx.export_onnx(weights_file, output)
+    assert properties["input_size"] == "150x150" and properties["window"] == "3x3 patches"
+    assert json.loads(properties["calibration"])["kind"] == calibration["kind"]
+    dims = [
+        d.dim_value or d.dim_param
+        for d in onnx.load(str(output)).graph.input[0].type.tensor_type.shape.dim
+    ]
+    assert dims[1:] == [150, 150, 3]
+    weights = weights_lib.read_weights(weights_file)
+    raw = jax_p_idc(weights, windows_, tta=False)
+    exact = float64_p_idc(weights, windows_, tta=False)
+    e32 = float(np.max(np.abs(raw - exact)))
+    fitted = Calibration.from_record(calibration)
+    grid = np.linspace(1e-4, 1 - 1e-4, 20001)
+    slope = float(np.max(np.abs(np.diff(fitted.apply(grid).astype(np.float64)) / np.diff(grid))))
+    got = export_onnx.run_onnx(output, windows_)
+    expected = fitted.apply(raw)
+    assert np.ptp(expected) > 0.2
+    bound = slope * (5 * e32 + 8 * UNIT_ROUNDOFF32) + 8 * UNIT_ROUNDOFF32
+    assert np.max(np.abs(got - expected)) <= bound, (np.max(np.abs(got - expected)), bound)
