@@ -61,8 +61,9 @@ def get_config() -> ml_collections.ConfigDict:
             data_dir="",  # TFDS data_dir; "" = ~/tensorflow_datasets or $TFDS_DATA_DIR
             manual_dir="",  # the Kaggle download; "" = <data_dir>/downloads/manual
             # "patient" | "stratified" (patient, with whole slides and scattered patients dealt
-            # apart; the frozen test of results/frozen_test) | "published" | "random_patch"
-            # (the paper's protocol: leaks patients)
+            # apart; the frozen test of results/frozen_test) | "leaky" (stratified, with half of
+            # each validation and test patient's patches moved into training: the leak measured
+            # on the same patients) | "published" | "random_patch" (the paper's: leaks patients)
             split="patient",
             split_seed=0,
             validation_fraction=0.15,

@@ -8,6 +8,10 @@
   separately, each by positive fraction, so that every split holds its share of both kinds and
   the prevalence of IDC patches is comparable across splits. Seed 0 of it on the 245-patient
   data, 20% / 20%, is the frozen test of results/frozen_test (no choice looks at its test split).
+- "leaky": "stratified", then half of every validation and test patient's patches (drawn at
+  random) moved into training: the leak of the paper's random patch split, measured on the
+  same patients. Its test patches are the other halves, so a patient-split run scored on those
+  patches (`leaked_patches` says which they are) is the comparison without the leak.
 - "published": the 84 / 29 / 49 patient lists of Janowczyk & Madabhushi (2016); the Kaggle
   release's other patients are left out and counted.
 - "random_patch": the protocol of the reproduced paper, patches shuffled regardless of patient.
@@ -29,7 +33,7 @@ import numpy as np
 
 from input_pipeline import published_splits, windows
 
-PROTOCOLS = ("patient", "stratified", "published", "random_patch")
+PROTOCOLS = ("patient", "stratified", "leaky", "published", "random_patch")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,6 +136,27 @@ def by_patient_within_strata(
     return SplitIndices(*indices, notes=(note,))
 
 
+LEAK_FRACTION = 0.5
+
+
+def leak_patches(indices: SplitIndices, seed: int, fraction: float = LEAK_FRACTION) -> SplitIndices:
+    """`indices` with `fraction` of the validation and of the test rows (each patient's own
+    share, drawn at random) moved into train, and a note saying so."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 11]))
+    moved, kept = [], {}
+    for name in ("validation", "test"):
+        rows = getattr(indices, name)
+        leak = rng.random(len(rows)) < fraction
+        moved.append(rows[leak])
+        kept[name] = rows[~leak]
+    train = np.sort(np.concatenate([indices.train, *moved]))
+    note = (
+        f"leaky split: {sum(len(m) for m in moved):,} validation and test patches ({fraction:.0%} "
+        "of each of their patients', at random) moved into training; patients leak"
+    )
+    return SplitIndices(train, kept["validation"], kept["test"], notes=(*indices.notes, note))
+
+
 def published(patient: np.ndarray) -> SplitIndices:
     """The published patient lists; rows of other patients are left out and counted in notes."""
     lists = (published_splits.TRAIN, published_splits.VALIDATION, published_splits.TEST)
@@ -186,9 +211,15 @@ def fewer_training_patients(
 ) -> tuple[np.ndarray, str]:
     """Rows of `train` of a stratified `fraction` of its patients, and a note saying so.
 
-    For learning curves: validation and test stay as they are, and the kept patients span the
-    range of positive fractions (`_evenly_spaced_pick`), so that a quarter of the patients is a
-    quarter of every kind of patient, not of the first ones drawn.
+    For learning curves: validation and test stay as they are, the shares are nested (the
+    patients of a smaller share are among those of every larger one, so a curve compares more
+    data, not other patients), and the kept patients span the range of positive fractions, so
+    that a quarter of the patients is a quarter of every kind of patient.
+
+    How: patients ordered by positive fraction (random tie-breaks) get the priorities
+    (u + rank * g) mod 1 of a Weyl sequence (g the golden ratio's conjugate, u a random offset),
+    which are spread evenly over any run of consecutive ranks; a share keeps the patients of
+    lowest priority, so every share is a stratified sample and contains the smaller ones.
     """
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"data.train_patients_fraction must lie in (0, 1], got {fraction}")
@@ -199,8 +230,10 @@ def fewer_training_patients(
     positives = np.bincount(inverse, weights=label[train], minlength=len(patients))
     positive_fraction = positives / np.bincount(inverse, minlength=len(patients))
     order = np.lexsort((rng.random(len(patients)), positive_fraction))
+    priority = np.empty(len(patients))
+    priority[order] = (rng.random() + np.arange(len(patients)) * (np.sqrt(5.0) - 1) / 2) % 1.0
     count = max(1, int(round(fraction * len(patients))))
-    kept = order[_evenly_spaced_pick(np.arange(len(patients)), count, rng)]
+    kept = np.argsort(priority, kind="stable")[:count]
     rows = train[np.isin(inverse, kept)]
     note = (
         f"training on {count} of {len(patients)} training patients ({len(rows)} of {len(train)} "
@@ -269,13 +302,14 @@ def make_splits(
         )
     if protocol == "patient":
         return by_patient(patient, label, seed, validation_fraction, test_fraction)
-    if protocol == "stratified":
+    if protocol in ("stratified", "leaky"):
         if x is None or y is None:
-            raise ValueError("the 'stratified' split needs the patches' x and y")
+            raise ValueError(f"the {protocol!r} split needs the patches' x and y")
         stratum = np.isin(patient, windows.whole_slide_patients(patient, x, y))
-        return by_patient_within_strata(
+        indices = by_patient_within_strata(
             patient, label, stratum.astype(np.int64), seed, validation_fraction, test_fraction
         )
+        return leak_patches(indices, seed) if protocol == "leaky" else indices
     if protocol == "published":
         return published(patient)
     if protocol == "random_patch":

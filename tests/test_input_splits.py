@@ -125,6 +125,12 @@ def test_fewer_training_patients_keeps_a_stratified_share_of_whole_patients():
     fraction = np.array([label[patient == p].mean() for p in kept])
     assert fraction.min() <= 0.2 and fraction.max() >= 0.8
     assert "of 40 training patients" in note
+    # Nested: every smaller share's patients are among a larger share's.
+    shares = [
+        set(patient[splits.fewer_training_patients(patient, label, train, f, seed=0)[0]].tolist())
+        for f in (0.1, 0.25, 0.5, 0.75)
+    ]
+    assert all(small <= large for small, large in zip(shares, shares[1:]))
     assert splits.fewer_training_patients(patient, label, train, 1.0, seed=0) == (train, "")
     with pytest.raises(ValueError, match="train_patients_fraction"):
         splits.fewer_training_patients(patient, label, train, 0.0, seed=0)

@@ -96,8 +96,9 @@ def test_batches_of_a_windowed_split_are_its_windows_and_a_take_drops_them():
     split = _split(*_grid_table(rng, patients=2, cells=30, side=8), rng)
     windowed = split.with_windows(3)
     batch = next(input_pipeline.iterate_batches(windowed, 16, shuffle=False))
-    expected = windows.assemble_windows(split.image, windows.window_rows(
-        split.patient, split.x, split.y, 3)[:16])
+    expected = windows.assemble_windows(
+        split.image, windows.window_rows(split.patient, split.x, split.y, 3)[:16]
+    )
     np.testing.assert_array_equal(batch["image"], expected)
     np.testing.assert_array_equal(batch["image"][:, 50:100, 50:100], split.image[:16])
     assert windowed.take(np.arange(5)).windows is None
@@ -150,3 +151,21 @@ def test_the_stratified_split_says_when_no_draw_balances():
         splits.by_patient_within_strata(
             patient, label, stratum, 0, 0.2, 0.2, prevalence_tolerance=1e-6, max_draws=3
         )
+
+
+def test_the_leaky_split_moves_half_of_each_held_out_patient_into_training():
+    patient, x, y, label = _two_kinds_of_patients(np.random.default_rng(7))
+    honest = splits.make_splits("stratified", patient, label, 0, 0.2, 0.2, x=x, y=y)
+    leaky = splits.make_splits("leaky", patient, label, 0, 0.2, 0.2, x=x, y=y)
+    everything = np.sort(np.concatenate([leaky.train, leaky.validation, leaky.test]))
+    np.testing.assert_array_equal(everything, np.arange(len(patient)))
+    for name in ("validation", "test"):
+        kept, held = getattr(leaky, name), getattr(honest, name)
+        assert set(kept) <= set(held)  # the same patients, half of their patches
+        moved = np.setdiff1d(held, kept)
+        assert set(moved) <= set(leaky.train)
+        assert 0.4 < len(moved) / len(held) < 0.6
+        # every held-out patient with a few patches leaks into training
+        big = [p for p in np.unique(patient[held]) if (patient[held] == p).sum() >= 20]
+        assert all(p in set(patient[leaky.train]) for p in big)
+    assert "patients leak" in leaky.notes[-1]

@@ -39,7 +39,7 @@ SCHEDULES_OVER_THE_RUN = ("warmup_cosine",)
 
 CHOICES = {
     "data.dataset": ("auto", "kaggle_idc", "idc_sample"),
-    "data.split": ("patient", "stratified", "published", "random_patch"),
+    "data.split": ("patient", "stratified", "leaky", "published", "random_patch"),
     "data.window": (1, 3, 5, 7),
     "schedule": ("constant", "warmup_cosine"),
     "class_weights": ("none", "balanced"),
