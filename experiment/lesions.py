@@ -21,9 +21,9 @@ import math
 
 import numpy as np
 
+from evaluation import uncertainty
 from experiment.predictions import PatchPredictions
 from experiment.slide_context import grid_cells
-from trainer import uncertainty
 
 SIZE_BINS = ((1, 1), (2, 4), (5, 19), (20, math.inf))  # lesion sizes in patches, inclusive
 _STEPS = {4: ((1, 0), (0, 1)), 8: ((1, 0), (0, 1), (1, 1), (1, -1))}

@@ -20,7 +20,7 @@ they select on the same patients. A method may have several parts (the runs of a
 cross-validation), each with its own threshold, their test patients disjoint; its pooled P(IDC)
 gives ROC AUC and ECE, each part's calls give the threshold metrics.
 
-Every metric of a resample follows from per-patient tallies (as in `trainer.uncertainty`), so
+Every metric of a resample follows from per-patient tallies (as in `evaluation.uncertainty`), so
 2,000 resamples of ~30,000 patches take seconds. The metrics (METRICS): pooled ROC AUC, balanced
 accuracy, F1, sensitivity, specificity and ECE, beside per-patient macro means: within-patient
 ROC AUC (patients with both classes), balanced accuracy (both classes), sensitivity (patients
@@ -35,8 +35,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from evaluation import metrics, uncertainty
 from experiment.predictions import PatchPredictions
-from trainer import metrics, uncertainty
 
 METRICS = (
     "roc_auc",

@@ -30,10 +30,10 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from evaluation import metrics, uncertainty
 from experiment import paired, slide_context
 from experiment.predictions import PatchPredictions
 from experiment.slide_folds import _concatenate, held_out_slides
-from trainer import metrics, uncertainty
 
 PATCH_MM2 = 0.2 * 0.2  # a Kaggle patch: 200 um x 200 um
 LIMITS_SD = 1.96
@@ -153,7 +153,7 @@ def threshold_at_sensitivity(labels: np.ndarray, p_idc: np.ndarray, target: floa
 
 def operating_point(table: PatchPredictions, calls: np.ndarray, seed: int = 0) -> dict:
     """Sensitivity and specificity of the calls (bool per patch), pooled, with percentile
-    intervals from the bootstrap over the patients (`trainer.uncertainty`'s; the calls fixed)."""
+    intervals from the bootstrap over the patients (`evaluation.uncertainty`'s; the calls fixed)."""
     ids, index = np.unique(table.patient, return_inverse=True)
     cell = 2 * (np.asarray(table.label) == 1) + np.asarray(calls, bool)  # tn, fp, fn, tp
     confusion = np.bincount(index * 4 + cell, minlength=4 * len(ids)).reshape(-1, 4)

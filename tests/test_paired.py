@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import balanced_accuracy_score, f1_score, recall_score, roc_auc_score
 
+from evaluation import metrics, uncertainty
 from experiment import paired
 from experiment.predictions import PatchPredictions
-from trainer import metrics, uncertainty
 
 
 def table(rng, patients, per_patient, noise, signal=None, decimals=2):

@@ -6,9 +6,9 @@ import pytest
 from scipy import ndimage
 from sklearn.metrics import recall_score
 
+from evaluation import metrics, uncertainty
 from experiment import lesions, slide_agreement, slide_context
 from experiment.predictions import PatchPredictions
-from trainer import metrics, uncertainty
 
 
 def grid_table(label_grids, p_grids, first_patient=1):
