@@ -43,7 +43,10 @@ class PatchPredictions:
 
 
 def _cache_file(workdir: pathlib.Path, split: str, which: str) -> pathlib.Path:
-    return workdir / f"predictions_{split}{'' if which == 'latest' else '_' + which}.npz"
+    """The final network's are written by the run itself (`RunDirectory.write_predictions`)."""
+    if which == "latest":
+        return RunDirectory(workdir).predictions_file(split)
+    return workdir / f"predictions_{split}_{which}.npz"
 
 
 def split_predictions(

@@ -213,6 +213,14 @@ def test_main_one_epoch_writes_every_output(one_epoch_run):
     _check_test_statistics(summary)
     history = (workdir / "history.csv").read_text().splitlines()
     assert len(history) == 2 and "val_roc_auc" in history[0]
+    # The final network's P(IDC) of every validation and test patch, as its summary scored them.
+    for split, key in (("validation", "final_validation"), ("test", "test")):
+        with np.load(workdir / f"predictions_{split}.npz", allow_pickle=False) as table:
+            assert set(table.files) == {"p_idc", "label", "patient", "x", "y"}
+            assert len(table["label"]) == summary[key]["num_examples"]
+            assert metrics.roc_auc(table["label"], table["p_idc"]) == pytest.approx(
+                summary[key]["roc_auc"], abs=1e-12
+            )
 
 
 def test_main_says_what_matters_in_a_few_lines_and_ends_with_the_test_metrics(one_epoch_run):

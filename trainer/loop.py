@@ -349,6 +349,10 @@ def _end_of_epoch(context: RunContext, state: TrainState, meta: dict, images_per
         context.jit_eval_step, state, context.dataset.validation, config, context.sharding
     )
     tuned_threshold = metrics.best_threshold(context.dataset.validation.label, val_probabilities)
+    if context.is_main_process:  # the last epoch's are the final network's
+        context.rundir.write_predictions(
+            "validation", context.dataset.validation, val_probabilities
+        )
     record = {
         "epoch": epoch,
         "step": step,
@@ -385,6 +389,8 @@ def _final_evaluation(context: RunContext, state: TrainState, meta: dict) -> dic
         step, {f"test_{k}": v for k, v in test_report.items() if isinstance(v, int | float)}
     )
     test = context.dataset.test
+    if context.is_main_process:
+        context.rundir.write_predictions("test", test, test_probabilities)
     return summary_lib.build_summary(
         config,
         data=meta["data"],

@@ -58,6 +58,10 @@ class RunDirectory:
     summary_file = property(lambda self: self.path / "summary.json")
     checkpoint_dir = property(lambda self: self.path / "checkpoints")
 
+    def predictions_file(self, split: str) -> pathlib.Path:
+        """P(IDC) of every patch of `split` by the final network (`write_predictions`)."""
+        return self.path / f"predictions_{split}.npz"
+
     # ------------------------------------------------------------------------- writing
 
     def create(self) -> None:
@@ -70,6 +74,23 @@ class RunDirectory:
         """history.csv and curves.png of the epochs so far."""
         writers.write_history_csv(self.history_file, history)
         writers.plot_curves(self.curves_file, history, title)
+
+    def write_predictions(self, split_name: str, split, p_idc) -> None:
+        """The network's P(IDC) of every patch of a split, with its label and place (plain
+        arrays, no pickle; `experiment.predictions` reads them), written whole."""
+        import numpy as np  # noqa: PLC0415
+
+        path = self.predictions_file(split_name)
+        temporary = path.with_name(path.name + ".tmp.npz")
+        np.savez(
+            temporary,
+            p_idc=np.asarray(p_idc, np.float32),
+            label=split.label.astype(np.int32),
+            patient=split.patient.astype(np.int32),
+            x=split.x.astype(np.int32),
+            y=split.y.astype(np.int32),
+        )
+        temporary.replace(path)
 
     def write_parameters(self, overview: str) -> None:
         self.parameters_file.write_text(overview.rstrip("\n") + "\n")
