@@ -25,7 +25,7 @@ saturation); only tiles that are at least --min_tissue tissue are predicted, in 
 that overlap the network, with a progress bar (tiles/s) and the throughput at the end.
 
 Writes, to --output_dir, for each slide <stem>.*:
-  overlay.png    P(IDC) blended over the thumbnail (low probability transparent), IDC regions
+  overlay.png    P(IDC) blended over the thumbnail (low probability faint, not hidden), IDC regions
                  outlined, colour bar and scale bar in mm
   geojson        the IDC regions (tiles with P(IDC) >= threshold, merged): QuPath annotations
                  classified "IDC" with their mean P(IDC), in level-0 pixel coordinates
