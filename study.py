@@ -71,7 +71,9 @@ def _held_out(output: pathlib.Path) -> None:
     figure = pathlib.Path(FLAGS.figure or output.parent / "bland_altman.png")
     markdown, data = held_out.render(cv, split, figure)
     output.write_text(markdown)
-    output.with_suffix(".json").write_text(json.dumps(held_out_tables.as_json(data), indent=1) + "\n")
+    output.with_suffix(".json").write_text(
+        json.dumps(held_out_tables.as_json(data), indent=1) + "\n"
+    )
     print(f"wrote {output}, {output.with_suffix('.json')}" + (f", {figure}" if cv else ""))
 
 

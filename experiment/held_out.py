@@ -44,6 +44,8 @@ INTRODUCTION = (
     "each patient once (where the metric is defined for it).",
 )
 SHORT_METRICS = ("roc_auc", "patient_roc_auc", "balanced_accuracy", "patient_balanced_accuracy")
+# The first columns of every slide-level table: which P(IDC) under which thresholds.
+LEVEL_COLUMNS = ("Network", "P(IDC)", "Threshold, chosen on", "Thresholds")
 METHODS = ("patch only", "context")
 
 
@@ -169,10 +171,7 @@ def cross_validation_section(cv: Mapping[str, Sequence[str]], figure: pathlib.Pa
         "",
         markdown_table(
             (
-                "Network",
-                "P(IDC)",
-                "Threshold, chosen on",
-                "Thresholds",
+                *LEVEL_COLUMNS,
                 "Bias, mm2 [95% CI]",
                 "Limits of agreement, mm2",
                 "MAE, mm2 [95% CI]",
@@ -205,9 +204,7 @@ def cross_validation_section(cv: Mapping[str, Sequence[str]], figure: pathlib.Pa
         "",
         markdown_table(
             (
-                "Network",
-                "P(IDC)",
-                "Threshold, chosen on",
+                *LEVEL_COLUMNS[:3],
                 *(f"Lesions of {b}" for b in bins),
                 "False regions per slide",
             ),
@@ -220,14 +217,7 @@ def cross_validation_section(cv: Mapping[str, Sequence[str]], figure: pathlib.Pa
         "threshold (95% CI over slides, the thresholds fixed).",
         "",
         markdown_table(
-            (
-                "Network",
-                "P(IDC)",
-                "Threshold, chosen on",
-                "Thresholds",
-                "Sensitivity",
-                "Specificity",
-            ),
+            (*LEVEL_COLUMNS, "Sensitivity", "Specificity"),
             tables.operating_rows(levels),
         ),
         "",
