@@ -1,6 +1,6 @@
 """Slide inference against predict.py on the same patches, and its peak memory against slide size.
 
-    python benchmarks/slide_inference.py                  # the shipped model, predict.py's settings
+    python benchmarks/slide_inference.py                  # the shipped model, one view, batch 256
     python benchmarks/slide_inference.py --rounds=5 --tta --out=/tmp/slide_inference.json
 
 Throughput (one process, the model compiled once): the 495 real patches of patient 8955
@@ -195,7 +195,11 @@ def throughput(args, model) -> dict:
 def main() -> None:
     parser = harness.argument_parser(__doc__)
     parser.add_argument("--workdir", default=None, help="A run or weights file; default: shipped.")
-    parser.add_argument("--tta", action="store_true", help="8-view TTA (predict.py's --tta).")
+    parser.add_argument(
+        "--tta",
+        action="store_true",
+        help="8-view TTA (predict.py's default for the shipped model); default: one view.",
+    )
     parser.add_argument("--batch_size", type=int, default=256, help="As predict.py's default.")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument(

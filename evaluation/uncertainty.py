@@ -59,7 +59,7 @@ def _confusion_by_patient(labels, predictions, index, num_patients) -> np.ndarra
     return np.stack([np.bincount(index, c, minlength=num_patients) for c in cells], axis=1)
 
 
-def _threshold_metrics(confusion: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
+def threshold_metrics(confusion: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
     """Accuracy, balanced accuracy and F1 of [R, 4] confusion counts, as `binary_metrics`
     computes them (same operations, so the same floats), NaN where undefined: balanced accuracy
     without both classes, F1 without an IDC patch."""
@@ -178,7 +178,7 @@ def resampled_metrics(
     threshold_names = [name for name in metric_names if name in THRESHOLD_METRICS]
     if threshold_names:
         confusion = _confusion_by_patient(labels, scores >= threshold, index, num_patients)
-        values.update(_threshold_metrics(counts @ confusion, threshold_names))
+        values.update(threshold_metrics(counts @ confusion, threshold_names))
     if "roc_auc" in metric_names:
         pairs = _mann_whitney_pairs(labels, scores, index, num_patients)
         u_statistic = np.sum((counts @ pairs) * counts, axis=1)

@@ -174,3 +174,61 @@ def plot_per_patient_distribution(
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_bland_altman(path: pathlib.Path, areas: Mapping[tuple[str, str, str], object]) -> None:
+    """Bland-Altman plots of called against labelled IDC area per slide: one panel per
+    (network, P(IDC)), one colour per threshold rule; `areas` maps (network, P(IDC), rule) to
+    `slide_agreement.SlideAreas`. Lines: the bias and the limits of agreement (+- 1.96 SD)."""
+    plt = _pyplot()
+    panels = list(dict.fromkeys(key[:2] for key in areas))
+    networks = list(dict.fromkeys(network for network, _ in panels))
+    methods = list(dict.fromkeys(method for _, method in panels))
+    rules = list(dict.fromkeys(key[2] for key in areas))
+    fig, axes = plt.subplots(
+        len(networks),
+        len(methods),
+        figsize=(5.2 * len(methods), 4.2 * len(networks)),
+        sharex=True,
+        sharey=True,
+        squeeze=False,
+    )
+    colours = ("tab:blue", "tab:orange", "tab:green", "tab:red")
+    for (network, method), ax in zip(panels, axes.ravel()):
+        for rule, colour, marker in zip(rules, colours, "os^D"):
+            slide = areas[(network, method, rule)]
+            d = slide.difference_mm2
+            bias, sd = d.mean(), d.std(ddof=1)
+            low, high = bias - 1.96 * sd, bias + 1.96 * sd
+            ax.scatter(
+                slide.mean_mm2,
+                d,
+                s=22,
+                color=colour,
+                marker=marker,
+                alpha=0.8,
+                label=f"{rule}: bias {bias:+.1f}, limits {low:+.1f} to {high:+.1f}",
+            )
+            ax.axhline(bias, color=colour, linewidth=1.2)
+            for limit in (low, high):
+                ax.axhline(limit, color=colour, linewidth=0.8, linestyle="--")
+        ax.axhline(0, color="black", linewidth=0.6)
+        ax.set_title(f"{network}, {method}", fontsize=10)
+        ax.legend(
+            fontsize=7,
+            loc="upper left",
+            title="threshold; bias and limits in mm2",
+            title_fontsize=7,
+        )
+        ax.grid(alpha=0.3)
+    spread = np.concatenate([a.difference_mm2 for a in areas.values()])
+    low, high = spread.min(), spread.max()
+    axes[0, 0].set_ylim(low - 0.05 * (high - low), high + 0.4 * (high - low))  # room for legends
+    for ax in axes[-1]:
+        ax.set_xlabel("mean of called and labelled IDC area (mm2)")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("called - labelled IDC area (mm2)")
+    fig.suptitle(f"IDC area per held-out slide ({len(next(iter(areas.values())).patient)} slides)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

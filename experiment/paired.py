@@ -203,7 +203,7 @@ def threshold_replicates(counts: np.ndarray, confusion: np.ndarray) -> dict[str,
     per-patient confusion counts [R, patients, 4] and the resamples' counts [R, patients]."""
     tn, fp, fn, tp = np.moveaxis(confusion, -1, 0)
     totals = np.einsum("rp,rpk->rk", counts, confusion)
-    values = uncertainty._threshold_metrics(totals, ("balanced_accuracy", "f1"))
+    values = uncertainty.threshold_metrics(totals, ("balanced_accuracy", "f1"))
     values["sensitivity"] = _ratio(totals[:, 3], totals[:, 3] + totals[:, 2])
     values["specificity"] = _ratio(totals[:, 0], totals[:, 0] + totals[:, 1])
     sensitivity, specificity = _ratio(tp, tp + fn), _ratio(tn, tn + fp)

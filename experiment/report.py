@@ -117,8 +117,10 @@ def render_report(
         "Under the paper's random patch split every patient contributes patches to training, "
         "validation and test, and neighbouring patches of one slide are near-copies of each "
         "other; under the patient-level split the test patients are never seen in training. "
-        "The difference (random patch minus patient) estimates how much the paper's protocol "
-        "overstates performance on new patients. Both at threshold 0.5.",
+        "The difference (random patch minus patient) is not the leak's effect alone: the two "
+        "splits' test sets hold different patients, so it mixes the leak with the difference "
+        "between the test sets (a comparison on the same test patients would separate them). "
+        "Both at threshold 0.5.",
         "",
         markdown_table(
             ("Model", "Test metric", "Random patch", "Patient-level", "Difference"),

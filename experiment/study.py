@@ -225,17 +225,23 @@ def _learning_curve_section(scored: Mapping[str, Scored]) -> list[str]:
         )
     else:
         verdict = (
-            "Test ROC AUC does not grow with the training patches here (the runs' shares of "
-            "patients are drawn independently, so a quarter of the patients can hold more "
-            "patches than a half when it draws more whole slides), and the differences lie "
+            "Test ROC AUC does not grow with the training patches here (a quarter of the "
+            "patients can hold more patches than a half when it draws more whole slides), and "
+            "the differences lie "
             "within the intervals: no power law describes these points, and no extrapolation to "
             f"the full set ({factor:.1f}x the patches) is made from them."
         )
+    nesting = (
+        "The shares are not nested: each run's patients are drawn on their own "
+        "(`input_pipeline.splits.fewer_training_patients`), so a smaller share is not part of "
+        "a larger one, and the points differ in which patients they trained on as well as "
+        "in how many."
+    )
     return [
         "## Learning curve (the same test patients)",
         "",
         markdown_table(("Run", "Training patients", "Training patches", *METRIC_COLUMNS[:3]), rows),
         "",
-        verdict,
+        nesting + " " + verdict,
         "",
     ]

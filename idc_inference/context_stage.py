@@ -9,9 +9,11 @@ over five numbers per tile (`context_features`): the logit of the tile's own P(I
 of P(IDC) smoothed over its grid neighbours at three widths (`CONTEXT_SIGMAS`: the neighbours,
 the surroundings, the region), and the fraction of its four neighbours present. It is fitted on
 validation patients (patients the patch network never trained on; its training patients' P(IDC)
-are in-sample and too confident to teach it), so its probabilities stay calibrated where plain
-smoothing pulls them towards the region's mean. `experiment/study.py` judges it against the
-patch-only network and plain smoothing on held-out whole slides.
+are in-sample and too confident to teach it). On test patients like those it was fitted on its
+probabilities stayed calibrated where plain smoothing pulls them towards the region's mean; on
+whole slides held out of training they did not, and it ranked no better than smoothing
+(results/real_245). `experiment/study.py` judges it against the patch-only network and plain
+smoothing on held-out whole slides.
 
 Plain smoothing (P(IDC) averaged over the neighbours at one width) is the special case
 `ContextStage.smoothing`; on whole slides held out of training it did as well as the learned

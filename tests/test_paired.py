@@ -110,7 +110,7 @@ def cross_validation():
 
 def test_paired_replicates_equal_the_naive_loop_over_built_resamples(cross_validation):
     a, b, folds, validation = cross_validation
-    num_resamples, seed = 60, 7
+    num_resamples, seed = 25, 7
     resamples = paired.Resamples(a.pooled().patient, num_resamples, seed)
     got = {m.name: paired.method_replicates(m, resamples) for m in (a, b)}
     test_counts = uncertainty.resample_counts(12, num_resamples, seed)

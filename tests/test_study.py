@@ -137,3 +137,70 @@ def test_held_out_slides_of_runs_pool_the_whole_slides_of_each_runs_test_patient
     np.testing.assert_array_equal(pooled.p_idc, np.concatenate([t["p_idc"] for t in tests]))
     with pytest.raises(ValueError, match="held out by two runs"):
         slide_folds.held_out_slides_of_runs([str(runs[0]), str(runs[0])])
+
+
+def test_the_held_out_report_of_the_cross_validation_and_the_split(experiment_dir, tmp_path):
+    """study.py --cv/--patient_split on the fake runs: the area bias of each network's patch
+    calls equals a hand count at the thresholds scikit-learn's balanced accuracy chooses on the
+    other folds' slides; the paired ROC AUC gain equals scikit-learn's difference."""
+    from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+
+    from tests.commands import run_program
+
+    runs = {
+        n: [
+            experiment_dir / r for r in (f"mobilenet_{n}_patient", f"{n}_slides_a", f"{n}_slides_b")
+        ]
+        for n in ("v1", "v2")
+    }
+    output = tmp_path / "agreement.md"
+    result = run_program(
+        "study.py",
+        f"--output={output}",
+        *(f"--cv={n}=" + ",".join(map(str, dirs)) for n, dirs in runs.items()),
+        f"--patient_split=v1={runs['v1'][0]}",
+        f"--patient_split=v2={runs['v2'][0]}",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    figures = json.loads(output.with_suffix(".json").read_text())
+    assert (tmp_path / "bland_altman.png").stat().st_size > 10_000
+    tests = [dict(np.load(d / "predictions_test.npz")) for d in runs["v1"]]
+    bias = []
+    for i, test in enumerate(tests):
+        rest = [t for j, t in enumerate(tests) if j != i]
+        label = np.concatenate([t["label"] for t in rest])
+        p = np.concatenate([t["p_idc"] for t in rest]).astype(np.float64)
+        distinct = np.unique(p)
+        candidates = np.r_[distinct[0] - 1e-6, (distinct[:-1] + distinct[1:]) / 2]
+        scores = [balanced_accuracy_score(label, p >= c) for c in candidates]
+        threshold = candidates[int(np.argmax(scores))]
+        for patient in np.unique(test["patient"]):
+            mine = test["patient"] == patient
+            called = np.sum(test["p_idc"][mine].astype(np.float64) >= threshold)
+            bias.append((called - test["label"][mine].sum()) * 0.04)
+    level = figures["cross_validation"]["levels"][
+        "v1 | patch only | other slides | balanced accuracy"
+    ]
+    assert level["agreement"]["bias_mm2"]["estimate"] == pytest.approx(np.mean(bias), abs=1e-9)
+    v1, v2 = (np.load(runs[n][0] / "predictions_test.npz") for n in ("v1", "v2"))
+    gain = roc_auc_score(v2["label"], v2["p_idc"]) - roc_auc_score(v1["label"], v1["p_idc"])
+    compared = next(
+        c
+        for c in figures["patient_split"]
+        if c["subset"] == "all test patients"
+        and c["a"] == "v1, patch only"
+        and c["b"] == "v2, patch only"
+    )
+    assert compared["roc_auc"]["difference"] == pytest.approx(gain, abs=1e-12)
+    assert (
+        compared["roc_auc"]["low"]
+        <= compared["roc_auc"]["difference"]
+        <= compared["roc_auc"]["high"]
+    )
+    report = output.read_text()
+    assert "**v2, context** against **v2, patch only**" in report
+    assert "![Bland-Altman plots](bland_altman.png)" in report
+    refused = run_program(
+        "study.py", f"--output={output}", f"--workdir={experiment_dir}", f"--cv=v1={runs['v1'][0]}"
+    )
+    assert refused.returncode == 2 and "not both" in refused.stderr
