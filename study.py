@@ -17,6 +17,11 @@ in every resample and the slide-level agreement of called against labelled IDC a
 --cv: one network's runs whose held-out whole slides are disjoint (a cross-validation over
 slides); --patient_split: runs of one split (the same test patients), the first the reference.
 
+The frozen test (results/frozen_test/PROTOCOL.md): its candidates' outputs calibrated and chosen
+on validation, the test scored once (`experiment/frozen_test.py`), with reliability.png beside:
+
+    python study.py --frozen_test=results/frozen_test --output=results/frozen_test/report.md
+
 --workdir holds training runs named as `experiment/study.py` lists them (mobilenet_v1_patient,
 mobilenet_v2_patient, v1_class_weights, v1_patients_0.25, v1_patients_0.5);
 results/real_245/README.md gives the commands that train them. Each run's validation and test
@@ -44,6 +49,9 @@ def define_flags() -> None:
         "patient_split", [], "NAME=DIR: a run of one patient split (the first: the reference)."
     )
     flags.DEFINE_string("figure", None, "The Bland-Altman PNG (default: beside --output).")
+    flags.DEFINE_string(
+        "frozen_test", None, "The frozen test's folder: one folder per candidate run."
+    )
     flags.mark_flags_as_required(["output"])
 
 
@@ -80,6 +88,16 @@ def _held_out(output: pathlib.Path) -> None:
 def main(argv):
     if len(argv) > 1:
         raise cli.UserError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if FLAGS.frozen_test:
+        if FLAGS.workdir or FLAGS.cv or FLAGS.patient_split:
+            raise cli.UserError("--frozen_test alone, without --workdir, --cv or --patient_split")
+        if not pathlib.Path(FLAGS.frozen_test).is_dir():
+            raise cli.UserError(f"--frozen_test={FLAGS.frozen_test} is not a folder")
+        from experiment import frozen_test  # noqa: PLC0415
+
+        pathlib.Path(FLAGS.output).write_text(frozen_test.render(FLAGS.frozen_test))
+        print(f"wrote {FLAGS.output}")
+        return None
     if FLAGS.cv or FLAGS.patient_split:
         if FLAGS.workdir:
             raise cli.UserError("--workdir or --cv / --patient_split, not both")
