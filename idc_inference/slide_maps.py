@@ -96,13 +96,15 @@ def map_slide(
     smooth_um: float = 0.0,
     max_thumbnail: int = 2048,
     context: ContextStage | None = None,
+    geojson_tiles: bool = False,
 ) -> dict:
     """Maps P(IDC) over one slide and writes its outputs (module docstring); returns the summary.
 
     `predictor` is an `idc_inference.predictor.Predictor`; `model` describes it for the record
     (`IDCModel.describe()`: source, checkpoint, step, TTA, code version). `context`: the
     slide-context stage to apply (`IDCModel.context_stage`); `threshold` then applies to its
-    P(IDC) (the stage's own threshold is `context.threshold`). Raises
+    P(IDC) (the stage's own threshold is `context.threshold`). `geojson_tiles`: the GeoJSON
+    also holds every tile as a QuPath tile object with its P(IDC) (`slide_outputs`). Raises
     `slide_files.SlideError` for a slide that cannot be used and `LabelsError` for bad labels;
     neither leaves an output behind.
     """
@@ -118,7 +120,7 @@ def map_slide(
     output_dir = pathlib.Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     names = slide_outputs.output_names(slide.path)
-    warnings: list[str] = []
+    warnings: list[str] = list(slide.warnings)
 
     thumbnail = slide_thumbnails.read_thumbnail(slide, max_side=max_thumbnail)
     mask = tissue.detect_tissue(thumbnail.image, thumbnail.mpp)
@@ -221,6 +223,7 @@ def map_slide(
         found=found,
         unreadable=unreadable,
         opacity=opacity,
+        geojson_tiles=geojson_tiles,
     )
     summary["unreadable_tiles"] = unreadable
     return summary
