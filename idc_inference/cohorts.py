@@ -133,7 +133,8 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 def shard(slides: list[pathlib.Path], index: int, count: int) -> list[pathlib.Path]:
     """Shard `index` of `count`: every count-th slide in the order of their output stems."""
-    ordered = sorted(slides, key=lambda path: path.stem)
+    # By stem (unique in a cohort: `find_slides`), then path, so that any listing order agrees.
+    ordered = sorted(slides, key=lambda path: (path.stem, str(path)))
     return ordered[index::count]
 
 
