@@ -320,14 +320,16 @@ def map_cohort(slides: list[pathlib.Path], shard: tuple[int, int] | None) -> int
     mapper = load_mapper()
     progress = cohorts.Progress(len(mine))
     failed: list[str] = []
-    for number, path in enumerate(mine, start=1):
-        print(progress.line(number, path), flush=True)
-        start = time.perf_counter()
-        status, reason = map_in_cohort(mapper, path)
-        progress.record(status, time.perf_counter() - start)
-        if status == "failed":
-            failed.append(reason)
-    table = slide_table.write_table(mapper.output_dir)
+    try:
+        for number, path in enumerate(mine, start=1):
+            print(progress.line(number, path), flush=True)
+            start = time.perf_counter()
+            status, reason = map_in_cohort(mapper, path)
+            progress.record(status, time.perf_counter() - start)
+            if status == "failed":
+                failed.append(reason)
+    finally:  # also when interrupted: the table of what is finished
+        table = slide_table.write_table(mapper.output_dir)
     counts = ", ".join(f"{count} {status}" for status, count in progress.counts.items())
     print(f"{cohorts.plural(len(mine), 'slide')} in {progress.elapsed()}: {counts}; table {table}")
     if not failed:
@@ -336,8 +338,7 @@ def map_cohort(slides: list[pathlib.Path], shard: tuple[int, int] | None) -> int
         print(f"failed: {reason}", file=sys.stderr)
     print(
         f"error: {len(failed)} of {cohorts.plural(len(mine), 'slide')} failed (listed above and "
-        f"in {table}); "
-        "the others are mapped",
+        f"in {table}); the others are mapped",
         file=sys.stderr,
     )
     return EXIT_SLIDES_FAILED

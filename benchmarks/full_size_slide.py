@@ -322,12 +322,7 @@ def main() -> None:
             results["slide"] = build(args, slide)
             print(f"built {slide} in {results['slide']['build_seconds']:.0f} s", flush=True)
         results["map"] = run_map(args, slide, work / "maps")
-    results["meta"]["load_average_after"] = os.getloadavg()[0]
-    out = pathlib.Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(markdown(results))
-    print(f"wrote {out}")
+    harness.write_results(results, args.out, markdown(results))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,8 @@ What `map_slide` does, in order:
    (`slide_labels.py`);
 5. the outputs, to `output_dir`, named after the slide (`<stem>.*`; `slide_outputs.py`):
    - `<stem>.overlay.png`: P(IDC) over the thumbnail, colour bar, scale bar (`overlay.py`);
-   - `<stem>.geojson`: the IDC regions for QuPath, level-0 pixels (`regions.py`);
+   - `<stem>.geojson`: the IDC regions for QuPath, level-0 pixels (`regions.py`), and with
+     `geojson_tiles` every tile as a QuPath tile object with its P(IDC);
    - `<stem>.tiles.csv`: every analysed tile: level-0 x, y, width, height, tissue fraction,
      P(IDC) of the map, the patch network's own P(IDC) (the same without `context`), the call
      at the threshold, and the true label when labels were given;
