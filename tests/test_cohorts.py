@@ -170,6 +170,50 @@ def test_settings_say_what_changed_and_ignore_the_code_version():
     ]
 
 
+def test_progress_estimates_the_time_left_from_the_slides_mapped():
+    progress = cohorts.Progress(5)
+    assert progress.line(1, pathlib.Path("a.svs")).endswith("ETA after the first map)")
+    progress.record("mapped", 30.0)
+    progress.record("skipped", 0.01)  # a skipped slide says nothing about the time of a map
+    line = progress.line(3, pathlib.Path("c.svs"))
+    assert line == "slide 3 of 5: c.svs (1 mapped, 1 skipped, 0 failed; ETA 1 min 30 s)"
+    assert [cohorts.duration(s) for s in (35, 250, 3900)] == ["35 s", "4 min 10 s", "1 h 05 min"]
+
+
+def test_tables_written_at_once_by_many_shards_hold_every_slide(tmp_path):
+    """Shards rewrite slides.csv concurrently (threads here; the lock is per open file, as
+    between processes): every table written is whole, and nothing half-written is left."""
+    import threading
+
+    summary = {
+        "slide": {"path": "s.svs"},
+        "tissue_area_mm2": 1.5,
+        "idc_tissue_area_mm2": 0.5,
+        "idc_fraction_of_tissue": 1 / 3,
+        "idc_regions": 2,
+        "threshold": 0.5,
+    }
+    for i in range(40):
+        record = summary | {"slide": {"path": f"/slides/{i:02d}.svs"}}
+        (tmp_path / f"{i:02d}.summary.json").write_text(json.dumps(record))
+    slide_table.record_failure(tmp_path, pathlib.Path("/slides/40.svs"), "/slides/40.svs: bad")
+    tables = []
+
+    def shard():
+        for _ in range(10):
+            slide_table.write_table(tmp_path)
+            tables.append(read_table(tmp_path))
+
+    threads = [threading.Thread(target=shard) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(tables) == 40 and all(len(table) == 41 for table in tables)
+    assert tables[-1]["07"]["idc_fraction"] == "0.333333" and tables[-1]["40"]["status"] == "failed"
+    assert sorted(p.name for p in tmp_path.glob(".*")) == [".slides.csv.lock"]
+
+
 # ----------------------------------------------------------------------------- a cohort run
 
 
