@@ -4,6 +4,8 @@
     python map_slide.py --output_dir=maps --workdir=/tmp/idc_v1 --labels=truth.csv slide.svs
     python map_slide.py --output_dir=maps --mpp=0.25 slide_without_scale.tiff other.ndpi
     python map_slide.py --output_dir=/tmp/maps --context data/demo_slide/8955.tiff
+    python map_slide.py --output_dir=maps slides/ 'more/*.svs'          # a cohort
+    python map_slide.py --output_dir=maps --shard=3/16 slides/           # shard 3 of 16 of it
 
 Reads: SLIDE files in any format OpenSlide reads (Aperio .svs, Hamamatsu .ndpi, MIRAX .mrxs,
 Leica .scn, Philips and generic tiled .tiff, DICOM, ...), tile by tile (a slide is never held in
@@ -39,18 +41,46 @@ Writes, to --output_dir, for each slide <stem>.*:
   summary.json   tissue area and IDC area in mm2, IDC fraction of the tissue, tiles, level and
                  scale, model, checkpoint, threshold, TTA, throughput, warnings; with --labels,
                  tile-level ROC AUC and Dice of the regions against the labelled IDC
+  slides.csv     (one per --output_dir) the table of its slides, below
 The files appear together when the slide is done (summary.json last); a slide that fails leaves
-none. --labels: a CSV with columns x, y, label (level-0 top-left pixel of tile-sized squares) or
-a column file of Kaggle patch names (e.g. predict.py's CSV); for one slide only.
+none (in a cohort, its <stem>.failed.json says why). --labels: a CSV with columns x, y, label
+(level-0 top-left pixel of tile-sized squares) or a column file of Kaggle patch names (e.g.
+predict.py's CSV); for one slide only.
 
-Exit status: 0 when every slide was mapped (a slide without tissue gives an empty map and a
-warning); 2 with one line naming the file for a slide that cannot be used (not a slide, truncated,
-no scale and no --mpp), bad labels, or a model that cannot be loaded.
+--geojson_tiles: the GeoJSON also holds every tile as a QuPath tile object with its P(IDC) (the
+map's and the patch network's) as measurements, for QuPath's Measurement Maps.
+
+The scale must be believable (`idc_inference/slide_scale.py`): an image program's default
+resolution (72, 96, 150, 300 dpi) or one without a unit counts as no scale, a slide whose finest
+level is coarser than the model's 4 um/px is refused, and an objective power more than 2x from
+the scale is a warning.
+
+Cohorts: folders (searched for slide files) and globs name many slides; so do several files. Each
+slide is mapped in turn, with a line before it (slide i of n, ETA); a slide that fails is listed
+with its one-line reason (on stderr and in <stem>.failed.json) and the others go on. A slide whose
+outputs are complete and belong to the same model and settings (model, threshold, TTA, context,
+--min_tissue, scale, --geojson_tiles) is skipped, so a rerun resumes; a changed setting redoes
+the slide and says what changed (--redo redoes every slide). At the end --output_dir/slides.csv
+is rewritten from every summary and failure record there: one row per slide (file, status,
+reason, tissue and IDC mm2, IDC fraction, regions, largest region mm2, mean and max P(IDC),
+model, threshold, seconds). --shard=i/N maps every N-th slide from the i-th (ordered by output
+name): N processes or hosts, e.g. a SLURM job array, map a cohort into one --output_dir between
+them (`idc_inference/cohorts.py`). Each batch of tiles is split over all local devices.
+
+Exit status: 0 when every slide was mapped or skipped (a slide without tissue gives an empty map
+and a warning); 1 when a slide of a cohort failed (the others are mapped); 2 with one line for a
+mistake that stops the command: one slide named alone that cannot be used (not a slide,
+truncated, no believable scale and no --mpp), bad labels, no slides found, a bad --shard, or a
+model that cannot be loaded.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import pathlib
 import sys
+import time
+import traceback
 
 from absl import app, flags
 
@@ -60,6 +90,7 @@ from trainer import cli
 
 FLAGS = flags.FLAGS
 MAX_LISTED = 10  # unreadable tiles printed per slide; the file lists them all
+EXIT_SLIDES_FAILED = 1  # a cohort ran, and some of its slides failed (each listed)
 
 
 def define_flags() -> None:
@@ -87,29 +118,79 @@ def define_flags() -> None:
         "Revise each tile's P(IDC) by its neighbours' with the model's slide-context stage "
         "(--nocontext: the patch network alone).",
     )
+    flags.DEFINE_bool(
+        "geojson_tiles",
+        False,
+        "Also write every tile into the GeoJSON as a QuPath tile object with its P(IDC) "
+        "(map and patch network) as measurements, for QuPath's Measurement Maps.",
+    )
+    flags.DEFINE_string(
+        "shard",
+        None,
+        "i/N: map only shard i (0 <= i < N) of the cohort, e.g. "
+        "--shard=${SLURM_ARRAY_TASK_ID}/${SLURM_ARRAY_TASK_COUNT} in a job array.",
+    )
+    flags.DEFINE_bool(
+        "redo", False, "Map every slide again, also those already mapped with these settings."
+    )
     flags.DEFINE_bool("progress", True, "Show a progress bar (tiles/s) on stderr.")
     flags.mark_flags_as_required(["output_dir"])
 
 
-def main(argv):
-    paths = argv[1:]
-    if not paths:
-        raise app.UsageError("give at least one slide file to map")
-    if not 0.0 < FLAGS.min_tissue <= 1.0:
-        raise cli.UserError(f"--min_tissue must lie in (0, 1], got {FLAGS.min_tissue}")
-    if FLAGS.labels is not None and len(paths) > 1:
-        raise cli.UserError("--labels describes one slide; map the slides one at a time")
-    from idc_inference import slide_files, slide_labels, slide_maps  # noqa: PLC0415 (flags first)
+@dataclasses.dataclass
+class Mapper:
+    """The model and settings every slide of the run is mapped with."""
 
-    # Every slide is checked before the model loads: a mistake costs seconds, not a compile.
-    try:
-        slides = [slide_files.open_slide(path, mpp=FLAGS.mpp) for path in paths]
-        labels = slide_labels.read_labels(FLAGS.labels, slides[0]) if FLAGS.labels else None
-    except (slide_files.SlideError, slide_labels.LabelsError) as error:
-        raise cli.UserError(str(error)) from None
+    model: object  # idc_inference.model.IDCModel
+    context: object  # idc_inference.context_stage.ContextStage | None
+    threshold: float
+    output_dir: pathlib.Path
+
+    def map(self, slide, labels=None) -> dict:
+        from idc_inference import slide_maps  # noqa: PLC0415 (flags first)
+
+        return slide_maps.map_slide(
+            slide,
+            self.output_dir,
+            self.model.predictor,
+            model=self.model.describe(),
+            threshold=self.threshold,
+            labels=labels,
+            min_tissue=FLAGS.min_tissue,
+            num_threads=FLAGS.num_threads,
+            progress=FLAGS.progress,
+            opacity=FLAGS.opacity,
+            smooth_um=FLAGS.smooth_um,
+            context=self.context,
+            calibration=self.model.calibration,
+            geojson_tiles=FLAGS.geojson_tiles,
+        )
+
+    def settings(self, slide) -> dict:
+        """This run's `cohorts.settings` for the slide: what a finished map must match."""
+        from idc_inference import cohorts  # noqa: PLC0415
+
+        return cohorts.settings(
+            model=self.model.describe(),
+            threshold=self.threshold,
+            context_stage=None if self.context is None else self.context.to_record(),
+            min_tissue=FLAGS.min_tissue,
+            slide=slide.describe(),
+            geojson_tiles=FLAGS.geojson_tiles,
+        )
+
+
+def load_mapper() -> Mapper:
+    """The model the flags name, its slide-context stage with --context, and the threshold."""
+    import jax  # noqa: PLC0415 (loaded by the model already)
 
     model = model_flags.load_model()  # a model that cannot be loaded: one line, exit 2
     print(model.announce())
+    devices = jax.devices()
+    print(
+        f"batches of {model.predictor.batch_size} tiles, each split over {len(devices)} "
+        f"{devices[0].platform} device{'s' if len(devices) > 1 else ''}"
+    )
     context, threshold = None, model.threshold
     if FLAGS.context:
         from idc_inference.context_stage import ContextStageError  # noqa: PLC0415
@@ -127,61 +208,168 @@ def main(argv):
         if FLAGS.threshold == "validation":
             threshold = context.threshold
         print(f"slide context: {context.fitted_on}, threshold {threshold:.4g}")
+    return Mapper(model, context, threshold, pathlib.Path(FLAGS.output_dir))
 
-    for slide in slides:
-        try:
-            summary = slide_maps.map_slide(
-                slide,
-                FLAGS.output_dir,
-                model.predictor,
-                model=model.describe(),
-                threshold=threshold,
-                labels=labels,
-                min_tissue=FLAGS.min_tissue,
-                num_threads=FLAGS.num_threads,
-                progress=FLAGS.progress,
-                opacity=FLAGS.opacity,
-                smooth_um=FLAGS.smooth_um,
-                context=context,
-                calibration=model.calibration,
-            )
-        except slide_files.SlideError as error:
-            raise cli.UserError(str(error)) from None
-        unreadable = summary["unreadable_tiles"]
-        for name, reason in unreadable[:MAX_LISTED]:
-            print(f"unreadable: {slide.path}: {name}: {reason}", file=sys.stderr)
-        if len(unreadable) > MAX_LISTED:
-            print(
-                f"unreadable: ... and {len(unreadable) - MAX_LISTED} more tiles, listed in "
-                f"{FLAGS.output_dir}/{summary['outputs']['unreadable']}",
-                file=sys.stderr,
-            )
-        for warning in summary["warnings"]:
-            print(f"warning: {warning}", file=sys.stderr)
-        tiles = summary["tiles"]
-        level = tiles["geometry"]
+
+def report(slide, summary: dict) -> None:
+    """What the map of one slide found, and where it went."""
+    unreadable = summary["unreadable_tiles"]
+    for name, reason in unreadable[:MAX_LISTED]:
+        print(f"unreadable: {slide.path}: {name}: {reason}", file=sys.stderr)
+    if len(unreadable) > MAX_LISTED:
         print(
-            f"{slide.path}: {tiles['predicted']} of {tiles['in_grid']} tiles were tissue and "
-            f"predicted ({tiles['unreadable']} unreadable), read from level {level['level']} "
-            f"({level['level_mpp']:.3g} um/px) for {level['target_mpp']:g} um/px; "
-            f"{summary['throughput']['tiles_per_second']:.1f} tiles/s "
-            f"({summary['throughput']['seconds']:.1f} s, compilation excluded)"
+            f"unreadable: ... and {len(unreadable) - MAX_LISTED} more tiles, listed in "
+            f"{FLAGS.output_dir}/{summary['outputs']['unreadable']}",
+            file=sys.stderr,
         )
+    for warning in summary["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
+    tiles = summary["tiles"]
+    level = tiles["geometry"]
+    print(
+        f"{slide.path}: {tiles['predicted']} of {tiles['in_grid']} tiles were tissue and "
+        f"predicted ({tiles['unreadable']} unreadable), read from level {level['level']} "
+        f"({level['level_mpp']:.3g} um/px) for {level['target_mpp']:g} um/px; "
+        f"{summary['throughput']['tiles_per_second']:.1f} tiles/s "
+        f"({summary['throughput']['seconds']:.1f} s, compilation excluded)"
+    )
+    print(
+        f"  tissue {summary['tissue_area_mm2']:.2f} mm2, IDC "
+        f"{summary['idc_tissue_area_mm2']:.2f} mm2 ({summary['idc_fraction_of_tissue']:.1%} "
+        "of the tissue) at threshold "
+        f"{summary['threshold']:.4g}, {summary['idc_regions']} regions"
+    )
+    if summary["labels"] is not None:
+        labels = summary["labels"]
+        auc = labels.get("tiles", {}).get("roc_auc")
         print(
-            f"  tissue {summary['tissue_area_mm2']:.2f} mm2, IDC "
-            f"{summary['idc_tissue_area_mm2']:.2f} mm2 ({summary['idc_fraction_of_tissue']:.1%} "
-            "of the tissue) at threshold "
-            f"{summary['threshold']:.4g}, {summary['idc_regions']} regions"
+            f"  against {labels['labelled']} labelled tiles: tile ROC AUC "
+            f"{auc if auc is None else round(auc, 4)}, Dice of the regions "
+            f"{labels['dice_regions_vs_labelled_idc']:.3f}"
         )
-        if summary["labels"] is not None:
-            report = summary["labels"]
-            auc = report.get("tiles", {}).get("roc_auc")
-            print(
-                f"  against {report['labelled']} labelled tiles: tile ROC AUC "
-                f"{auc if auc is None else round(auc, 4)}, Dice of the regions "
-                f"{report['dice_regions_vs_labelled_idc']:.3f}"
-            )
-        print(f"  wrote {FLAGS.output_dir}/{summary['outputs']['summary']} and its maps")
+    print(f"  wrote {FLAGS.output_dir}/{summary['outputs']['summary']} and its maps")
+
+
+# ----------------------------------------------------------------------------- one slide
+
+
+def map_one_slide(path: pathlib.Path) -> None:
+    """One slide named on its own: every mistake is one line and exit status 2, nothing written
+    (the slide and labels are checked before the model loads: seconds, not a compile)."""
+    from idc_inference import slide_files, slide_labels, slide_table  # noqa: PLC0415
+
+    try:
+        slide = slide_files.open_slide(path, mpp=FLAGS.mpp)
+        labels = slide_labels.read_labels(FLAGS.labels, slide) if FLAGS.labels else None
+    except (slide_files.SlideError, slide_labels.LabelsError) as error:
+        raise cli.UserError(str(error)) from None
+    mapper = load_mapper()
+    try:
+        summary = mapper.map(slide, labels)
+    except slide_files.SlideError as error:
+        raise cli.UserError(str(error)) from None
+    report(slide, summary)
+    slide_table.clear_failure(mapper.output_dir, slide.path)
+    slide_table.write_table(mapper.output_dir)
+
+
+# ----------------------------------------------------------------------------- a cohort
+
+
+def map_in_cohort(mapper: Mapper, path: pathlib.Path) -> tuple[str, str | None]:
+    """Maps one slide of a cohort unless it is finished: ("mapped" | "skipped", None) or
+    ("failed", the one-line reason).
+
+    A failure of any kind is the slide's alone: listed with its one-line reason, recorded in
+    `<stem>.failed.json` (with the traceback of an unexpected error) and the cohort goes on.
+    """
+    from idc_inference import cohorts, slide_files, slide_table  # noqa: PLC0415
+
+    detail = None
+    try:
+        slide = slide_files.open_slide(path, mpp=FLAGS.mpp)
+        finished = None if FLAGS.redo else cohorts.finished_map(mapper.output_dir, path)
+        if finished is not None:
+            try:
+                changed = cohorts.changes(
+                    cohorts.settings_of_summary(finished), mapper.settings(slide)
+                )
+            except (KeyError, TypeError):
+                changed = ["the earlier summary does not record its settings"]
+            if not changed:
+                print("  skipped: mapped before with the same model and settings")
+                return "skipped", None
+            print(f"  redoing {path}: {'; '.join(changed)}")
+        summary = mapper.map(slide)
+    except slide_files.SlideError as error:
+        reason = str(error)
+    except Exception as error:  # noqa: BLE001 (one slide's bug must not stop the cohort)
+        detail = traceback.format_exc()
+        failure = slide_table.failure_path(mapper.output_dir, path).name
+        reason = f"{path}: {type(error).__name__}: {error} (unexpected; traceback in {failure})"
+    else:
+        report(slide, summary)
+        slide_table.clear_failure(mapper.output_dir, path)
+        return "mapped", None
+    print(f"failed: {reason}", file=sys.stderr)
+    slide_table.record_failure(mapper.output_dir, path, reason, detail)
+    return "failed", reason
+
+
+def map_cohort(slides: list[pathlib.Path], shard: tuple[int, int] | None) -> int:
+    """Maps every slide (of the shard), then writes slides.csv; the exit status."""
+    from idc_inference import cohorts, slide_table  # noqa: PLC0415
+
+    mine = slides if shard is None else cohorts.shard(slides, *shard)
+    where = "" if shard is None else f" (shard {shard[0]} of {shard[1]}, of {len(slides)})"
+    print(f"{cohorts.plural(len(mine), 'slide')} to map{where}")
+    mapper = load_mapper()
+    progress = cohorts.Progress(len(mine))
+    failed: list[str] = []
+    try:
+        for number, path in enumerate(mine, start=1):
+            print(progress.line(number, path), flush=True)
+            start = time.perf_counter()
+            status, reason = map_in_cohort(mapper, path)
+            progress.record(status, time.perf_counter() - start)
+            if status == "failed":
+                failed.append(reason)
+    finally:  # also when interrupted: the table of what is finished
+        table = slide_table.write_table(mapper.output_dir)
+    counts = ", ".join(f"{count} {status}" for status, count in progress.counts.items())
+    print(f"{cohorts.plural(len(mine), 'slide')} in {progress.elapsed()}: {counts}; table {table}")
+    if not failed:
+        return 0
+    for reason in failed:
+        print(f"failed: {reason}", file=sys.stderr)
+    print(
+        f"error: {len(failed)} of {cohorts.plural(len(mine), 'slide')} failed (listed above and "
+        f"in {table}); the others are mapped",
+        file=sys.stderr,
+    )
+    return EXIT_SLIDES_FAILED
+
+
+def main(argv):
+    arguments = argv[1:]
+    if not arguments:
+        raise app.UsageError("give at least one slide file or folder to map")
+    if not 0.0 < FLAGS.min_tissue <= 1.0:
+        raise cli.UserError(f"--min_tissue must lie in (0, 1], got {FLAGS.min_tissue}")
+    from idc_inference import cohorts  # noqa: PLC0415 (flags first)
+
+    try:
+        shard = cohorts.parse_shard(FLAGS.shard) if FLAGS.shard is not None else None
+        slides = cohorts.find_slides(arguments)
+    except cohorts.CohortError as error:
+        raise cli.UserError(str(error)) from None
+    one_slide = len(arguments) == 1 and pathlib.Path(arguments[0]).is_file() and shard is None
+    if FLAGS.labels is not None and not one_slide:
+        raise cli.UserError("--labels describes one slide; map the slides one at a time")
+    if one_slide:
+        map_one_slide(slides[0])
+        return 0
+    return map_cohort(slides, shard)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import importlib.metadata
+import json
 import os
 import pathlib
 import platform
@@ -130,6 +131,17 @@ def host_meta() -> dict[str, Any]:
         "python": platform.python_version(),
         "argv": sys.argv[1:],
     }
+
+
+def write_results(results: dict[str, Any], out: str | os.PathLike, table: str) -> None:
+    """Records the load average at the end in `results["meta"]`, writes the JSON to `out` and
+    prints the markdown `table` and where the JSON went."""
+    results["meta"]["load_average_after"] = os.getloadavg()[0]
+    path = pathlib.Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    print(table)
+    print(f"wrote {path}")
 
 
 def versions(packages: Iterable[str]) -> dict[str, str | None]:

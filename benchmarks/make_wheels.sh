@@ -10,7 +10,10 @@
 #     googleapis-common-protos, toml, termcolor, importlib_resources) and the array_record and
 #     dm-tree extensions it uses to build and read the data sets: only `main.py` and
 #     `input_pipeline.load_dataset` need them, the benchmarks do not, but a GPU session that
-#     trains wants them too.
+#     trains wants them too;
+#   - the slide stack of map_slide.py (`benchmarks/full_size_slide.py`): openslide-python and the
+#     OpenSlide library's wheel, tifffile, shapely, scikit-image (with lazy-loader, imageio,
+#     networkx) and safetensors (the shipped weights).
 # This list was read off `sys.modules` after importing the trainer and building a small data set
 # in this repo's .venv, minus what the image has. Versions are this repo's .venv pins.
 #
@@ -25,6 +28,11 @@ mkdir -p "$DEST"
 BINARY=(
   array_record==0.8.6
   dm-tree==0.1.10
+  openslide-python==1.4.7
+  openslide-bin==4.0.1.2
+  shapely==2.2.0
+  scikit-image==0.26.0
+  safetensors==0.8.0
 )
 # Pure Python.
 PURE=(
@@ -38,6 +46,10 @@ PURE=(
   promise==2.3
   termcolor==3.3.0
   toml==0.10.2
+  tifffile==2026.3.3
+  lazy-loader==0.6
+  imageio==2.38.2
+  networkx==3.6.1
 )
 
 PLATFORMS=()

@@ -11,7 +11,11 @@
 # under BUDGET_S (default 540 s), so a slow stage costs the later ones, not the whole run:
 #   1. 96 px (the config's size), JAX, PyTorch eager, torch.compile: the ratios of the goal;
 #   2. the paper's whole experiment (5 epochs each of V1 and V2 over 277,524 patches);
-#   3. 50 px, the same three;  4. 224 px, the same three (no whole epoch: ~20 s each).
+#   3. 50 px, the same three;  4. 224 px, the same three (no whole epoch: ~20 s each);
+#   5. the full-size slide (issue 31): a 100,000 x 80,000 px 40x slide built, then map_slide.py
+#      on it with the shipped model's 8-view TTA (benchmarks/full_size_slide.py; its JSON goes
+#      to $RESULTS/full_size_slide.json, beside the tables). It needs ~4 minutes of the budget:
+#      ONLY="full-size" runs it alone.
 # ONLY=REGEX runs only the stages whose names match (e.g. ONLY="224" to finish a cut-off run).
 # JAX runs one process per size (so the device's peak-memory counter starts afresh) with a
 # persistent compilation cache that only the paper experiment reuses (the 96 px train steps).
@@ -72,6 +76,8 @@ if [[ ${BENCH_SMOKE:-0} == 1 ]]; then
   stage "paper experiment (smoke)" 300 "$PYTHON" benchmarks/bench_jax.py $TINY \
     --paper_experiment --paper_image_size 32 --paper_batch_size 8 --paper_images 64 \
     --out "$WORK/paper.json"
+  stage "full-size slide (smoke)" 300 "$PYTHON" benchmarks/full_size_slide.py --width 8000 \
+    --height 6000 --notta --out "$RESULTS/full_size_slide.json"
 else
   stage "jax 96 px" 120 "$PYTHON" benchmarks/bench_jax.py --sizes 96 \
     --out "$WORK/jax_096.json"
@@ -93,6 +99,8 @@ else
     --variants eager --epoch_images 0 --out "$WORK/torch_224_eager.json"
   stage "torch 224 px compile" 150 "$PYTHON" benchmarks/bench_torch.py --sizes 224 \
     --variants compile --epoch_images 0 --out "$WORK/torch_224_compile.json"
+  stage "full-size slide" 420 "$PYTHON" benchmarks/full_size_slide.py \
+    --num_threads "$(nproc)" --out "$RESULTS/full_size_slide.json"
 fi
 
 merge

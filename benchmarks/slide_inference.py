@@ -246,13 +246,7 @@ def main() -> None:
                 results["memory"][name]["file_bytes"] = large.stat().st_size
                 large.unlink()
         results["memory"]["demo_slide"]["file_bytes"] = DEMO_SLIDE.stat().st_size
-    results["meta"]["load_average_after"] = os.getloadavg()[0]
-
-    out = pathlib.Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(markdown(results))
-    print(f"wrote {out}")
+    harness.write_results(results, args.out, markdown(results))
 
 
 def markdown(results: dict) -> str:

@@ -20,7 +20,7 @@ import pathlib
 
 import numpy as np
 
-from idc_inference import mosaic, patch_files, programs
+from idc_inference import mosaic, patch_files, slide_outputs
 from input_pipeline.patches import find_png_files
 
 COLORMAP = "inferno"
@@ -143,5 +143,5 @@ def slide_maps(
         colormap=COLORMAP if predictor is not None else None,
         outcome_counts=outcome_counts,
     )
-    programs.write_json(output_dir / "summary.json", summary)
+    slide_outputs.write_json(output_dir / "summary.json", summary)
     return summary

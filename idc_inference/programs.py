@@ -18,21 +18,11 @@ import os
 import pathlib
 
 from idc_inference import model as model_lib
-from idc_inference.slide_outputs import json_ready
 
 
 def load_for_program(workdir, **kwargs) -> model_lib.IDCModel:
     """`idc_inference.load`; a user's mistake raises one of `errors.USER_ERRORS`."""
     return model_lib.load(workdir, **kwargs)
-
-
-def write_json(path: str | os.PathLike, payload: dict) -> None:
-    """`payload` as JSON (NumPy scalars as numbers, non-finite floats as null), written whole:
-    a reader never sees half a file."""
-    path = pathlib.Path(path)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(json_ready(payload), indent=2) + "\n")
-    temporary.replace(path)
 
 
 def write_record(path: str | os.PathLike, model: model_lib.IDCModel | None, **fields) -> dict:

@@ -152,7 +152,18 @@ def to_geojson(regions: list[Region], *, mpp: float, slide_name: str = "") -> di
     return {"type": "FeatureCollection", "features": features}
 
 
-def write_geojson(path: str | os.PathLike, regions: list[Region], *, mpp: float, slide_name=""):
+def write_geojson(
+    path: str | os.PathLike,
+    regions: list[Region],
+    *,
+    mpp: float,
+    slide_name="",
+    extra_features=(),
+):
+    """The regions' FeatureCollection, compact, with `extra_features` after them (QuPath tile
+    objects: `slide_outputs.tile_features`)."""
+    collection = to_geojson(regions, mpp=mpp, slide_name=slide_name)
+    collection["features"] += extra_features
     with open(path, "w") as f:
-        json.dump(to_geojson(regions, mpp=mpp, slide_name=slide_name), f, separators=(",", ":"))
+        json.dump(collection, f, separators=(",", ":"))
         f.write("\n")

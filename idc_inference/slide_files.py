@@ -22,25 +22,29 @@ from the best pyramid level (the one whose micrometres per pixel is the largest 
 target, so that nothing is upsampled when the slide has a fine enough level) and resampled to
 50x50 by area averaging. The slide's own scale comes from OpenSlide's `openslide.mpp-x` /
 `openslide.mpp-y` properties, or from the caller (a flag) for a slide that lacks them; without
-either, `SlideError`.
+either, `SlideError`. `slide_scale` judges it: an image program's default resolution (72 dpi)
+is no scale, a slide whose finest level is coarser than the training scale is refused, and an
+objective power that contradicts the scale is a warning (`Slide.warnings`).
 
 Errors
 ------
 Everything the user can fix is a `SlideError` whose message names the file and says what is
 wrong: not a file, not a slide format OpenSlide reads, a TIFF that is truncated (its image data
-runs past the end of the file: `slide_tiff.tiff_problem`) or corrupt, no scale. A tile that
+runs past the end of the file: `slide_tiff.tiff_problem`) or corrupt, no scale (or a default
+one), a scale coarser than the model's. A tile that
 cannot be read later is not a `SlideError` but a `slide_tiles.TileReadError`, of that tile only.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import pathlib
 
 import numpy as np
 
+from idc_inference import slide_scale
+from idc_inference.slide_scale import Scale  # noqa: F401 (re-exported: slide_files.Scale)
 from idc_inference.slide_tiff import is_tiff, tiff_problem
 from input_pipeline import KAGGLE_PATCH_MPP
 from input_pipeline.patches import PATCH_SIZE, WHITE
@@ -52,20 +56,6 @@ _LEVEL_SLACK = 1e-3
 
 class SlideError(Exception):
     """A slide that cannot be used as given; the message names the file and says why."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Scale:
-    """Micrometres per level-0 pixel, and where the value came from."""
-
-    mpp_x: float
-    mpp_y: float
-    source: str  # "slide properties (openslide.mpp-x/-y)" or "given (--mpp)"
-
-    @property
-    def mpp(self) -> float:
-        """The mean of the two axes (scanners' pixels are square to within rounding)."""
-        return (self.mpp_x + self.mpp_y) / 2.0
 
 
 def _explain_unopenable(path: pathlib.Path, error: Exception) -> str:
@@ -84,17 +74,6 @@ def _explain_unopenable(path: pathlib.Path, error: Exception) -> str:
     )
 
 
-def _properties_scale(properties) -> tuple[float, float] | None:
-    try:
-        mpp_x = float(properties["openslide.mpp-x"])
-        mpp_y = float(properties["openslide.mpp-y"])
-    except (KeyError, ValueError):
-        return None
-    if not (mpp_x > 0 and mpp_y > 0 and math.isfinite(mpp_x) and math.isfinite(mpp_y)):
-        return None
-    return mpp_x, mpp_y
-
-
 def _open_handle(path: pathlib.Path):
     import openslide
 
@@ -105,7 +84,9 @@ class Slide:
     """One slide file: its levels, its scale, the level tiles come from, and reading.
 
     Opening checks everything that can be checked without reading the image: that the file is a
-    slide OpenSlide reads, that a TIFF-based one is whole, and that the scale is known.
+    slide OpenSlide reads, that a TIFF-based one is whole, and that the scale is known and
+    believable (`slide_scale`); `warnings` holds what the map should report (an objective power
+    that contradicts the scale).
     """
 
     def __init__(self, path: str | os.PathLike, *, mpp: float | None = None):
@@ -136,21 +117,15 @@ class Slide:
             properties = dict(handle.properties)
         finally:
             handle.close()
-        if mpp is not None:
-            if not (mpp > 0 and math.isfinite(mpp)):
-                raise SlideError(
-                    f"{self.path}: the given scale must be a positive number, got {mpp}"
-                )
-            self.scale = Scale(float(mpp), float(mpp), "given (--mpp)")
-        else:
-            found = _properties_scale(properties)
-            if found is None:
-                raise SlideError(
-                    f"{self.path}: the slide does not say its scale (no openslide.mpp-x/-y "
-                    "property); give its micrometres per pixel at full resolution with --mpp "
-                    "(0.25 for a 40x scan, 0.5 for 20x)"
-                )
-            self.scale = Scale(*found, "slide properties (openslide.mpp-x/-y)")
+        self.scale, missing = slide_scale.read_scale(properties, mpp)
+        if self.scale is None:
+            raise SlideError(f"{self.path}: {missing}")
+        problem = slide_scale.coarseness_problem(self.scale)
+        if problem is not None:
+            raise SlideError(f"{self.path}: {problem}")
+        # What the map should report but not refuse (slide_maps adds them to its warnings).
+        power = slide_scale.objective_power_warning(self.scale, properties)
+        self.warnings: list[str] = [f"{self.path}: {power}"] if power else []
         self.objective_power = properties.get("openslide.objective-power")
         self._cache = None
 
@@ -168,8 +143,9 @@ class Slide:
         """The level whose micrometres per pixel is the largest not exceeding `target_mpp`.
 
         Reading it and area-averaging down to the target loses nothing a finer level would give,
-        and reads the fewest pixels. When every level is coarser than the target (a slide
-        scanned below the training scale), level 0, the finest, is upsampled.
+        and reads the fewest pixels. When every level is coarser than the target (a slide at
+        most `slide_scale.COARSE_TOLERANCE` coarser than the training scale: coarser ones are
+        refused when opened), level 0, the finest, is upsampled.
         """
         fine_enough = [
             level

@@ -21,7 +21,8 @@ What `map_slide` does, in order:
    (`slide_labels.py`);
 5. the outputs, to `output_dir`, named after the slide (`<stem>.*`; `slide_outputs.py`):
    - `<stem>.overlay.png`: P(IDC) over the thumbnail, colour bar, scale bar (`overlay.py`);
-   - `<stem>.geojson`: the IDC regions for QuPath, level-0 pixels (`regions.py`);
+   - `<stem>.geojson`: the IDC regions for QuPath, level-0 pixels (`regions.py`), and with
+     `geojson_tiles` every tile as a QuPath tile object with its P(IDC);
    - `<stem>.tiles.csv`: every analysed tile: level-0 x, y, width, height, tissue fraction,
      P(IDC) of the map, the patch network's own P(IDC) (the same without `context`), the call
      at the threshold, and the true label when labels were given;
@@ -98,6 +99,7 @@ def map_slide(
     max_thumbnail: int = 2048,
     context: ContextStage | None = None,
     calibration: Calibration | None = None,
+    geojson_tiles: bool = False,
 ) -> dict:
     """Maps P(IDC) over one slide and writes its outputs (module docstring); returns the summary.
 
@@ -105,7 +107,9 @@ def map_slide(
     (`IDCModel.describe()`: source, checkpoint, step, TTA, code version). `context`: the
     slide-context stage to apply (`IDCModel.context_stage`); `threshold` then applies to its
     P(IDC) (the stage's own threshold is `context.threshold`). `calibration` maps the patch
-    network's P(IDC) (`IDCModel.calibration`; the context stage calibrates its own). Raises
+    network's P(IDC) (`IDCModel.calibration`; the context stage calibrates its own).
+    `geojson_tiles`: the GeoJSON also holds every tile as a QuPath tile object with its P(IDC)
+    (`slide_outputs`). Raises
     `slide_files.SlideError` for a slide that cannot be used and `LabelsError` for bad labels;
     neither leaves an output behind.
     """
@@ -121,7 +125,7 @@ def map_slide(
     output_dir = pathlib.Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     names = slide_outputs.output_names(slide.path)
-    warnings: list[str] = []
+    warnings: list[str] = list(slide.warnings)
 
     thumbnail = slide_thumbnails.read_thumbnail(slide, max_side=max_thumbnail)
     mask = tissue.detect_tissue(thumbnail.image, thumbnail.mpp)
@@ -226,6 +230,7 @@ def map_slide(
         found=found,
         unreadable=unreadable,
         opacity=opacity,
+        geojson_tiles=geojson_tiles,
     )
     summary["unreadable_tiles"] = unreadable
     return summary

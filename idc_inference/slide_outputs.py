@@ -7,6 +7,12 @@
 renamed into place only when all of them are complete, `summary.json` last (and an earlier
 run's removed first): a summary beside the other files means they are whole and belong
 together. An error on the way leaves no output behind.
+
+With `geojson_tiles`, the GeoJSON also holds every mapped tile as a QuPath tile object
+(`tile_features`) whose measurements are its P(IDC): the map's ("P(IDC)", with the slide-context
+stage when it ran) and the patch network's own ("P(IDC) patch"), so that QuPath's Measurement
+Maps (Measure > Show measurement maps) paint the heatmap over the slide; the regions stay
+annotations classified "IDC" in their colour.
 """
 
 from __future__ import annotations
@@ -68,6 +74,7 @@ class _AtomicOutputs:
 
 
 def json_ready(value):
+    """Plain JSON values: NumPy scalars as Python numbers, NaN and infinities as None."""
     if isinstance(value, dict):
         return {str(k): json_ready(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -79,9 +86,56 @@ def json_ready(value):
     return value
 
 
+
+def write_json(path: str | os.PathLike, payload: dict) -> None:
+    """`payload` as JSON (`json_ready`), written whole: a reader never sees half a file."""
+    path = pathlib.Path(path)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(json_ready(payload), indent=2) + "\n")
+    temporary.replace(path)
+
 def _number(value: float) -> str:
     """A level-0 coordinate: an integer as such, else up to two decimals."""
     return f"{value:.2f}".rstrip("0").rstrip(".")
+
+
+def tile_features(mapped: TileGrid, p_idc: np.ndarray, patch_p_idc: np.ndarray) -> list[dict]:
+    """The tiles as QuPath tile objects (GeoJSON features, level-0 pixels) with their P(IDC)."""
+    width, height = mapped.size
+    features = []
+    for i in range(len(p_idc)):
+        x, y = round(float(mapped.left[i]), 2), round(float(mapped.top[i]), 2)
+        x1, y1 = round(x + width, 2), round(y + height, 2)
+        features.append(
+            {
+                "type": "Feature",
+                # Counter-clockwise in x, y, as RFC 7946 and regions.to_geojson wind them.
+                "geometry": {
+                    "type": "Polygon",
+                    "coordinates": [[[x, y], [x1, y], [x1, y1], [x, y1], [x, y]]],
+                },
+                "properties": {
+                    "objectType": "tile",
+                    "isLocked": True,
+                    "measurements": {
+                        "P(IDC)": round(float(p_idc[i]), 6),
+                        "P(IDC) patch": round(float(patch_p_idc[i]), 6),
+                        "Tissue fraction": round(float(mapped.tissue_fraction[i]), 3),
+                    },
+                },
+            }
+        )
+    return features
+
+
+def map_figures(p_idc: np.ndarray, found: list[regions.Region], mm2_per_px2: float) -> dict:
+    """What slides.csv lists beside the summary's areas: P(IDC) over the mapped tiles (mean,
+    max) and the largest IDC region's area (`found` is ordered by decreasing area)."""
+    return {
+        "p_idc_mean": float(np.mean(p_idc)) if len(p_idc) else None,
+        "p_idc_max": float(np.max(p_idc)) if len(p_idc) else None,
+        "largest_idc_region_mm2": found[0].polygon.area * mm2_per_px2 if found else 0.0,
+    }
 
 
 def output_names(slide_path: str | os.PathLike) -> dict[str, str]:
@@ -110,6 +164,7 @@ def write_outputs(
     found: list[regions.Region],
     unreadable: list[tuple[str, str]],
     opacity: float,
+    geojson_tiles: bool = False,
 ) -> None:
     """Writes every output of the map to `output_dir`, all or none (module docstring).
 
@@ -118,7 +173,8 @@ def write_outputs(
     (since `started`) before it is written, last. `mapped` are the tiles predicted, with their
     `p_idc` (of the map), `patch_p_idc` (the patch network's own), `decisions` at the threshold
     and `truth` (-1 where unlabelled); `found` the IDC regions; `unreadable` the (name, reason)
-    of every tile that could not be read.
+    of every tile that could not be read. `geojson_tiles`: the GeoJSON holds the tiles too
+    (module docstring). The summary receives `map_figures` and `geojson_tiles` as well.
     """
     names = summary["outputs"]
     threshold = summary["threshold"]
@@ -142,7 +198,11 @@ def write_outputs(
                     ]
                 )
         regions.write_geojson(
-            outputs.path(names["geojson"]), found, mpp=slide.scale.mpp, slide_name=slide.path.name
+            outputs.path(names["geojson"]),
+            found,
+            mpp=slide.scale.mpp,
+            slide_name=slide.path.name,
+            extra_features=tile_features(mapped, p_idc, patch_p_idc) if geojson_tiles else (),
         )
         with outputs.path(names["unreadable"]).open("w") as f:
             f.writelines(f"{name}\t{reason}\n" for name, reason in unreadable)
@@ -165,6 +225,8 @@ def write_outputs(
             title=title,
             opacity=opacity,
         )
+        summary["geojson_tiles"] = geojson_tiles
+        summary.update(map_figures(p_idc, found, slide.scale.mpp_x * slide.scale.mpp_y / 1e6))
         summary["seconds_total"] = (datetime.datetime.now(datetime.UTC) - started).total_seconds()
         with outputs.path(names["summary"]).open("w") as f:
             json.dump(json_ready(summary), f, indent=2)
