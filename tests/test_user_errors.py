@@ -42,7 +42,7 @@ MAIN = ("main.py", "--config=configs/v1.py")
         ("--config.progress_bar=maybe", ("progress_bar takes True or False",)),
         # A value no run can use: the choices.
         ("--config.model.name=mobilenet_v4", ("mobilenet_v4", "choose one of mobilenet_v1")),
-        ("--config.data.split=leaky", ("'leaky'", "random_patch")),
+        ("--config.data.split=by_slide", ("'by_slide'", "random_patch")),
         ("--config.global_batch_size=0", ("global_batch_size=0", "at least 1")),
         ("--config=configs/resnet50.py --config.model.alpha=0.5", ("ResNet-50 has no width",)),
         ("--config.data.test_patients=8863;8914", ("test_patients='8863;8914'", "commas")),
