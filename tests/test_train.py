@@ -434,6 +434,7 @@ def test_bn_recalibration_sets_the_average_batch_statistics(compiled, data_dir):
         ("configs/v3_small.py", 0.25),
         ("configs/v3_large.py", 0.25),
         ("configs/resnet50.py", 1.0),  # no width multiplier
+        ("configs/window3.py", 0.25),  # 3 x 3 windows of patches
     ],
 )
 def test_every_network_config_trains_end_to_end(tmp_path, data_dir, config_file, alpha):
@@ -450,3 +451,5 @@ def test_every_network_config_trains_end_to_end(tmp_path, data_dir, config_file,
 
     assert summary["model"] == paper.load_config_file(REPO / config_file).model.name
     assert 0.0 <= summary["test"]["roc_auc"] <= 1.0 and summary["steps"] > 0
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["data"]["window"] == paper.load_config_file(REPO / config_file).data.window
