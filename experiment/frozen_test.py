@@ -24,7 +24,7 @@ import pathlib
 import numpy as np
 
 from evaluation import metrics
-from experiment import calibrating, paired, slide_agreement, slide_context
+from experiment import calibrating, paired, slide_agreement, slide_context, split_studies
 from experiment.figures import plot_reliability_diagram
 from experiment.markdown import fmt, fmt_interval, fmt_signed, markdown_table
 from experiment.predictions import PatchPredictions, split_predictions
@@ -117,6 +117,8 @@ def _rows_by_group(output: Output) -> list[list[str]]:
         ("whole slides", np.isin(output.test.patient, slides)),
         ("scattered patients", ~np.isin(output.test.patient, slides)),
     ):
+        if not keep.any():
+            continue
         part = output.test.select(np.flatnonzero(keep))
         at_half, tuned = scored_intervals(part, output.threshold)
         rows.append(
@@ -368,4 +370,5 @@ def render(directory: str | pathlib.Path) -> str:
         title="Reliability on the frozen test (the chosen output)",
     )
     parts += ["![reliability](reliability.png)", ""]
+    parts += split_studies.render(directory)
     return "\n".join(parts) + "\n"
