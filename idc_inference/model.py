@@ -101,12 +101,40 @@ class IDCModel:
         return Calibration.from_record((self.record or {}).get("calibration"))
 
     def predict(self, patches) -> np.ndarray:
-        """P(IDC), float32 [N], of RGB patches [N, H, W, 3] (see the module docstring),
-        calibrated when the model carries a calibration."""
+        """P(IDC), float32 [N], of the network's inputs [N, H, W, 3] (see the module
+        docstring): patches, or for a neighbourhood network their windows; calibrated when the
+        model carries a calibration. A neighbourhood network refuses bare 50x50 patches:
+        `predict_patches` builds their windows from where they lie."""
+        array = np.asarray(patches)
+        if self.window > 1 and array.ndim == 4 and array.shape[1:3] == (PATCH_SIZE, PATCH_SIZE):
+            raise ValueError(
+                f"this model sees each patch with its neighbours: its inputs are windows of "
+                f"{self.window} x {self.window} patches ({self.input_size}x{self.input_size} "
+                "pixels at the Kaggle scale), not 50x50 patches; pass the patches with their "
+                "grid positions to model.predict_patches(patches, x, y), or PNG files to "
+                "model.predict_files"
+            )
         images = prepare_patches(
-            patches, resize_method=self.config.preprocess.resize_method, size=self.input_size
+            array, resize_method=self.config.preprocess.resize_method, size=self.input_size
         )
         return self.calibration.apply(self.predictor(images))
+
+    def predict_patches(self, patches, x, y, patient=None) -> np.ndarray:
+        """P(IDC) of 50x50 patches at the Kaggle grid positions `x`, `y` (1-based top-left
+        pixels, as in the Kaggle file names; `patient` when they come from several slides):
+        a neighbourhood network sees each with its neighbours among them (white where none),
+        a patch network each alone."""
+        images = prepare_patches(patches, resize_method=self.config.preprocess.resize_method)
+        if self.window == 1:
+            return self.predict(images)
+        x, y = np.asarray(x), np.asarray(y)
+        if not (len(x) == len(y) == len(images)):
+            raise ValueError(
+                f"one x and one y per patch: {len(images)} patches, {len(x)} x, {len(y)} y"
+            )
+        patient = np.zeros(len(images), np.int64) if patient is None else np.asarray(patient)
+        rows = windows.window_rows(patient, x, y, self.window)
+        return self.predict(windows.assemble_windows(images, rows))
 
     def predict_files(self, files, **options):
         """`patch_files.predict_files` of PNG files by this model, P(IDC) calibrated as

@@ -127,3 +127,20 @@ def test_exported_window_weights_load_and_predict_windows(
     assert model.predict(twice).shape == (20,)
     with pytest.raises(ValueError, match="square"):
         model.predict(batch[:, :, :100])
+
+
+def test_a_window_model_takes_patches_with_their_places_and_refuses_them_bare(
+    window_run, tmp_path, demo_patches
+):
+    files, images, patient, x, y = demo_patches
+    output = tmp_path / "window.safetensors"
+    run_records.export_workdir(window_run, output, with_patients=False)
+    model = model_lib.load(output, tta=False)
+    with pytest.raises(ValueError, match="predict_patches"):
+        model.predict(images[:4])
+    from_files = model.predict_files(files)
+    by_place = {(n.x, n.y): p for n, p in zip(from_files.names, from_files.p_idc)}
+    got = model.predict_patches(images, x, y)
+    np.testing.assert_allclose(got, [by_place[(a, b)] for a, b in zip(x, y)], atol=1e-6)
+    with pytest.raises(ValueError, match="one x and one y"):
+        model.predict_patches(images, x[:-1], y)
