@@ -3,8 +3,8 @@
     # 1. A run's checkpoint -> inference weights (.safetensors + .json), in the project's venv,
     #    with the slide-context stage fitted on the run's validation patients (--nocontext: none):
     python export_model.py --workdir=/tmp/idc_v1 --output=/tmp/v1.safetensors
-    # the shipped model was written by (the run: configs/v1.py on the 245 patients, MODEL_CARD.md)
-    python export_model.py --workdir=/work/runs/ship_v1 \\
+    # the shipped model was written by (the frozen test's v1_patch run: MODEL_CARD.md)
+    python export_model.py --workdir=/work/runs/v1_patch \\
         --output=idc_inference/shipped/mobilenet_v1_idc.safetensors
 
     # 2. Inference weights -> ONNX, in the export venv (requirements-export.txt: jax2onnx pins an

