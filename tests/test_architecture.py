@@ -30,7 +30,12 @@ ALLOWED = {
     "evaluation": {"evaluation", "input_pipeline"},
     "trainer": {"trainer", "evaluation", "mobilenets", "input_pipeline"},
     "experiment": {
-        "experiment", "idc_inference", "trainer", "evaluation", "mobilenets", "input_pipeline"
+        "experiment",
+        "idc_inference",
+        "trainer",
+        "evaluation",
+        "mobilenets",
+        "input_pipeline",
     },
     "idc_inference": {"idc_inference", "evaluation", "mobilenets", "input_pipeline"},
 }

@@ -1,22 +1,26 @@
 """The figures README.md, MODEL_CARD.md and results/real_245/README.md cite, recomputed from the
-committed files they cite (summary.json, predictions_*.npz, slide_agreement.json, the data list):
-a doc that drifts from its source fails here."""
+committed files they cite (summary.json, predictions_*.npz, slide_agreement.json, the frozen
+test's report and the predictions it is rendered from, the shipped record, the data list): a doc
+that drifts from its source fails here."""
 
 import gzip
 import json
 import pathlib
 import re
+import shutil
 
 import numpy as np
 import pytest
 
-from evaluation import metrics
+from experiment import frozen_test
 from experiment.predictions import PatchPredictions
 from experiment.scoring import whole_slide_patients
+from idc_inference.calibration import Calibration
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 RESULTS = REPO / "results" / "real_245"
-SHIPPED_RUN = RESULTS / "mobilenet_v1_patient"
+SHIPPED_RUN = RESULTS / "mobilenet_v1_patient"  # the model shipped before the frozen test
+FROZEN = REPO / "results" / "frozen_test"
 
 
 def text(name: str) -> str:
@@ -46,59 +50,118 @@ def comparison(agreement, a: str, b: str, part="cross_validation", subset=None) 
     )
 
 
-def test_the_shipped_models_test_and_validation_figures():
-    summary = json.loads((SHIPPED_RUN / "summary.json").read_text())
-    auc = summary["test_intervals"]["at_0.5"]["roc_auc"]
+# ----------------------------------------------------------------- the frozen test and the card
+
+
+def report_rows(report: str, section: str, keep: str = "first"):
+    """The rows of the first table under `section` of report.md: first cell -> the other cells
+    (of the first row with that first cell), or with keep="all" every (first cell, others)."""
+    rows = []
+    started = False
+    for line in report[report.index(section) :].splitlines()[1:]:
+        if line.startswith("|"):
+            started = True
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if not set(cells[0]) <= {"-"}:
+                rows.append((cells[0].replace("** (chosen)", "").strip("*"), cells[1:]))
+        elif started:
+            break
+    if keep == "all":
+        return rows[1:]  # without the header
+    first = {}
+    for name, cells in rows[1:]:
+        first.setdefault(name, cells)
+    return first
+
+
+@pytest.fixture(scope="module")
+def frozen():
+    outputs = frozen_test.candidate_outputs(FROZEN)
+    shipped = frozen_test.choose(outputs)
+    patch = next(o for o in outputs if o.run == shipped.run and not o.context)
+    return outputs, shipped, patch
+
+
+def test_the_frozen_test_report_is_what_the_committed_predictions_give(tmp_path):
+    copy = tmp_path / "frozen_test"
+    shutil.copytree(FROZEN, copy)
+    assert frozen_test.render(copy) == (FROZEN / "report.md").read_text()
+
+
+def test_the_shipped_model_is_the_protocols_choice(frozen):
+    _, shipped, patch = frozen
+    record = json.loads((REPO / "idc_inference/shipped/mobilenet_v1_idc.json").read_text())
+    assert record["source_run"] == shipped.run
+    run_summary = json.loads((FROZEN / shipped.run / "summary.json").read_text())
+    assert record["summary"]["test"]["roc_auc"] == run_summary["test"]["roc_auc"]
+    assert record["threshold"]["value"] == pytest.approx(patch.threshold, abs=1e-12)
+    stage = record["context_stage"]
+    assert stage["sigmas"] == [shipped.sigma]
+    assert stage["threshold"] == pytest.approx(shipped.threshold, abs=1e-12)
+    for calibration, output in ((record["calibration"], patch), (stage["calibration"], shipped)):
+        assert calibration["kind"] == output.calibration.kind
+        restored = Calibration.from_record(calibration)
+        probe = np.linspace(0.01, 0.99, 7)
+        np.testing.assert_allclose(restored.apply(probe), output.calibration.apply(probe))
+
+
+def test_the_model_cards_test_figures_are_the_reports(frozen):
+    _, shipped, patch = frozen
+    report = (FROZEN / "report.md").read_text()
     card, readme = text("MODEL_CARD.md"), text("README.md")
-    assert f"| ROC AUC | {auc['estimate']:.3f} [{auc['low']:.3f}, {auc['high']:.3f}] |" in card
-    tuned = summary["test_intervals"]["at_validation_threshold"]["balanced_accuracy"]
-    assert (
-        f"ROC AUC {auc['estimate']:.3f} [95% interval over patients {auc['low']:.2f}, "
-        f"{auc['high']:.2f}], balanced accuracy {tuned['estimate']:.3f} [{tuned['low']:.2f}, "
-        f"{tuned['high']:.2f}] at the threshold tuned on validation" in readme
-    )
-    validation = predictions(SHIPPED_RUN, "validation")
-    threshold = metrics.best_threshold(validation.label, validation.p_idc)
-    shipped = json.loads((REPO / "idc_inference/shipped/mobilenet_v1_idc.json").read_text())
-    assert shipped["threshold"]["value"] == threshold
-    at_half, at_tuned = (
-        metrics.binary_metrics(validation.label, validation.p_idc, t)["balanced_accuracy"]
-        for t in (0.5, threshold)
-    )
-    assert (
-        f"ROC AUC {metrics.roc_auc(validation.label, validation.p_idc):.3f}, balanced accuracy "
-        f"{at_half:.3f} at 0.5 and {at_tuned:.3f} at the tuned threshold {threshold:.4f}" in card
-    )
+    tests = report_rows(report, "## The test (once)")
+    for output in (patch, shipped):
+        cells = " | ".join(tests[output.name])
+        assert cells in card, cells
+    apart = [
+        line for line in report.splitlines() if line.startswith("| " + patch.name.split(",")[0])
+    ]
+    for output, label in ((patch, "patch only"), (shipped, "with slide context")):
+        for group, words in (("whole slides: 5", "5 whole slides"), ("scattered", "44 scattered")):
+            (row,) = [line for line in apart if line.startswith(f"| {output.name} | {group}")]
+            cells = [c.strip() for c in row.strip("|").split("|")]
+            assert f"| {label} | {words}" in card
+            assert " | ".join(cells[2:5]) in card, cells
+    choice = report_rows(report, "## The choice (validation patients)")
+    assert f"this one, {choice[shipped.name][0]} against" in card
+    v1_window = next(o for o in frozen[0] if o.run == "v1_window3" and o.context)
+    assert f"{choice[v1_window.name][0]} for MobileNetV1 on 3x3 neighbourhoods" in card
+    paired_rows = {
+        (b, cells[0]): cells[1:]
+        for b, cells in report_rows(report, "### Paired differences", keep="all")
+    }
+    smoothed_vs_patch = paired_rows[(shipped.name, patch.name)]
+    assert f"ROC AUC {smoothed_vs_patch[0]}, balanced accuracy {smoothed_vs_patch[1]}" in card
+    window_vs_this = [None] + paired_rows[(v1_window.name, shipped.name)]
+    assert f"{window_vs_this[1]} ROC AUC, {window_vs_this[4]} ECE" in card
+    assert f"ROC AUC {window_vs_this[1]} and ECE {window_vs_this[4]}" in readme
+    points = [line for line in report.splitlines() if line.startswith(f"| {shipped.name} | ")][-3:]
+    for row in points:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert " | ".join(cells[2:]) in card, cells
+    auc, bal, f1 = tests[shipped.name][0], tests[shipped.name][2], tests[shipped.name][3]
+    assert f"ROC AUC {auc}, balanced accuracy {bal}, F1 {f1} with context" in readme
 
 
-def test_how_few_patients_the_pooled_test_figures_rest_on(agreement):
-    test = predictions(SHIPPED_RUN, "test")
+def test_how_few_patients_the_pooled_test_figures_rest_on(frozen):
+    test = frozen[2].test
     slides = whole_slide_patients(test)
     on_slides = np.isin(test.patient, slides)
     idc = test.label == 1
     biggest = np.bincount(test.patient[idc]).argmax()
     share = np.sum(test.patient[idc] == biggest) / idc.sum()
     card = text("MODEL_CARD.md")
-    assert f"hold {on_slides.sum():,} of the {len(test.label):,} test patches" in card
+    assert (
+        f"({', '.join(map(str, slides))}) hold {on_slides.sum():,} of the {len(test.label):,}"
+        in card
+    )
     assert (
         f"patient {biggest} alone holds {np.sum(test.patient[idc] == biggest):,} ({share:.0%}) "
         f"of the {idc.sum():,} IDC patches" in card
     )
-    scattered = test.select(np.flatnonzero(~on_slides))
-    auc = metrics.roc_auc(scattered.label, scattered.p_idc)
-    assert f"On the other {len(np.unique(scattered.patient))} test patients" in card
-    assert f"the pooled ROC AUC is {auc:.3f}" in card
-    cited = comparison(
-        agreement,
-        "MobileNetV1, patch only",
-        "MobileNetV1, smoothed (sigma 2.5)",
-        "patient_split",
-        "scattered patients",
-    )
-    assert cited["roc_auc"]["a"] == pytest.approx(auc, abs=1e-12)
 
 
-def test_the_idc_free_patients_of_the_data_list():
+def test_the_idc_free_patients_of_the_data_list(frozen):
     patches, positive = {}, set()
     with gzip.open(REPO / "data/idc_245/files.txt.gz", "rt") as listing:
         for line in listing:
@@ -113,58 +176,40 @@ def test_the_idc_free_patients_of_the_data_list():
     assert ", ".join(map(str, free)) in card
     sizes = [patches[p] for p in free]
     assert f"scattered patches ({min(sizes)} to {max(sizes)} each)" in card
-    test = predictions(SHIPPED_RUN, "test")
-    (patient,) = [p for p in free if p in set(test.patient.tolist())]
-    mine = test.patient == patient
-    called = int(np.sum(test.p_idc[mine].astype(np.float64) >= 0.3455875515937805))
+    patch = frozen[2]
+    test = patch.test
+    found = [p for p in free if p in set(test.patient.tolist())]
+    called = {
+        p: (
+            int(np.sum(test.p_idc[test.patient == p] >= patch.threshold)),
+            int(np.sum(test.patient == p)),
+        )
+        for p in found
+    }
+    described = " and ".join(f"{c} of {n} ({p})" for p, (c, n) in called.items())
     assert (
-        f"The one IDC-free test patient, {patient}, has {called} of its {mine.sum()} patches "
-        f"({called / mine.sum():.0%}) called IDC at 0.3456" in card
+        f"The {len(found)} IDC-free test patients have {described} patches called IDC at "
+        f"{patch.threshold:.4f}" in card
     )
     assert f"only {len(free)} of the 245 patients are" in text("README.md")
 
 
-def test_the_slide_level_table_of_the_model_card(agreement):
+def test_the_earlier_cross_validations_over_called_slides(agreement):
     levels = agreement["cross_validation"]["levels"]
-    card = text("MODEL_CARD.md")
-    for label, key in (
-        (
-            "patch only, balanced-accuracy threshold",
-            "patch only | other slides | balanced accuracy",
-        ),
-        ("with context, balanced-accuracy threshold", "context | other slides | balanced accuracy"),
-        ("with context, area-agreement threshold", "context | other slides | area agreement"),
-    ):
-        stats = levels[f"MobileNetV1 | {key}"]["agreement"]
-        row = (
-            f"| {label} | {signed(stats['bias_mm2'], 1, 'estimate')} | "
-            f"{stats['lower_limit_mm2']['estimate']:.1f} to "
-            f"{stats['upper_limit_mm2']['estimate']:+.1f} | "
-            f"{stats['mae_fraction']['estimate']:.3f} | {stats['over_called']} of "
-            f"{stats['slides']} |"
-        )
-        assert row in card, row
-    points = {
-        method: levels[f"MobileNetV1 | {method} | other slides | sensitivity 0.95"][
-            "operating_point"
+    over = sorted(
+        levels[f"MobileNetV1 | {key} | other slides | balanced accuracy"]["agreement"][
+            "over_called"
         ]
-        for method in ("context", "patch only")
-    }
-    context, patch = (
-        (points[m]["sensitivity"]["estimate"], points[m]["specificity"]["estimate"])
-        for m in ("context", "patch only")
+        for key in ("patch only", "context")
     )
-    assert (
-        f"sensitivity {context[0]:.3f} and specificity {context[1]:.3f} with context "
-        f"({patch[0]:.3f} and {patch[1]:.3f} patch only)" in card
-    )
+    assert f"over-called on {over[0]}-{over[1]} of 27 slides" in text("MODEL_CARD.md")
 
 
 def test_paired_differences_cited_by_the_docs(agreement):
     v1 = comparison(agreement, "MobileNetV1, patch only", "MobileNetV1, context")
     v2 = comparison(agreement, "MobileNetV2, patch only", "MobileNetV2, context")
     within = signed(v1["patient_roc_auc"])
-    for doc in ("README.md", "MODEL_CARD.md", "results/real_245/README.md"):
+    for doc in ("README.md", "results/real_245/README.md"):
         assert within in text(doc), doc
     readme, results = text("README.md"), text("results/real_245/README.md")
     for entry in (v2["patient_roc_auc"], v1["roc_auc"], v1["balanced_accuracy"]):
@@ -176,7 +221,7 @@ def test_paired_differences_cited_by_the_docs(agreement):
         "patient_split",
         "all test patients",
     )
-    for doc in ("README.md", "MODEL_CARD.md", "results/real_245/README.md"):
+    for doc in ("README.md", "results/real_245/README.md"):
         assert f"{signed(split['roc_auc'])}" in text(doc), doc
     assert signed(split["balanced_accuracy"]) in readme
 

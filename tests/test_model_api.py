@@ -99,9 +99,9 @@ def test_weights_hold_parameters_and_statistics_only_with_their_record(tiny_run,
     assert not set(patients["validation"]) & set(patients["test"])
     assert record["summary"]["test"]["roc_auc"] == summary["test"]["roc_auc"]
     # No path of the machine that trained (paths inside the repository may stay).
-    assert not any(
-        str(value).startswith("/") for value in record["config"]["data"].values()
-    ), record["config"]["data"]
+    assert not any(str(value).startswith("/") for value in record["config"]["data"].values()), (
+        record["config"]["data"]
+    )
 
 
 def test_a_weights_file_predicts_exactly_as_the_runs_checkpoint(
@@ -284,9 +284,9 @@ def test_the_shipped_model_is_small_and_says_what_it_is():
     assert summary["test_intervals"]["at_0.5"]["roc_auc"]["low"] > 0.5
     assert summary["test_calibration"]["ece"] < 0.2
     # No path of the machine that trained (paths inside the repository may stay).
-    assert not any(
-        str(value).startswith("/") for value in record["config"]["data"].values()
-    ), record["config"]["data"]
+    assert not any(str(value).startswith("/") for value in record["config"]["data"].values()), (
+        record["config"]["data"]
+    )
 
 
 def test_the_records_scale_is_the_slide_programs():
