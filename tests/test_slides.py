@@ -2,13 +2,13 @@
 
 The slide is data/demo_slide/8955.tiff: the 495 real Kaggle patches of patient 8955 (a
 validation patient of the shipped model's split, never trained on), mosaicked at their
-coordinates into a pyramidal tiled TIFF (data/make_demo_slide.py). Its PNGs are committed
-beside it in the Kaggle layout, so the
-oracle is exact: tiles cut from the slide at the patch grid are the PNGs' pixels, and must get
-the P(IDC) that `patch_files.predict_files` (what predict.py runs) gives the PNGs. Variants (4x
-resolution, no scale, no tissue, truncated, a corrupt tile) are written here from the same
-patches. Models: the session's tiny run (tests/test_inference.py), and for the ROC AUC of the
-scale test the shipped model, when the package has it.
+coordinates into a pyramidal tiled TIFF (data/make_demo_slide.py). Its PNGs are committed beside
+it in the Kaggle layout, so the oracle is exact: tiles cut from the slide at the patch grid are
+the PNGs' pixels, and must get the P(IDC) that `patch_files.predict_files` (what predict.py
+runs) gives the PNGs. Variants (4x resolution, no scale, no tissue, truncated, a corrupt tile)
+are written here from the same patches. Models: the session's tiny run
+(tests/test_inference.py), and for the ROC AUC of the scale test the shipped model, when the
+package has it.
 """
 
 import csv
