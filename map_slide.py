@@ -16,9 +16,9 @@ weights file), with the run's own TTA and validation-tuned threshold unless --tt
 --context: each tile's P(IDC) is revised by its neighbours' on the tile grid by the model's
 slide-context stage (`idc_inference/context_stage.py`), with the stage's own threshold unless
 --threshold gives one. The shipped model's stage is plain smoothing: P(IDC) averaged over the
-neighbours with a normalised Gaussian of sigma 1.5 tiles, called IDC at 0.315, the width and
-threshold chosen on 22 whole slides that two other networks of its recipe never trained on
-(`v1_slides_a`, `v1_slides_b`). export_model.py can fit a smoothing or a learned stage (a logistic
+neighbours with a normalised Gaussian of sigma 2.5 tiles, then calibrated, called IDC at 0.2323,
+the width, calibration and threshold chosen on the model's 49 validation patients (MODEL_CARD.md,
+results/frozen_test). export_model.py can fit a smoothing or a learned stage (a logistic
 regression over smoothed P(IDC)) for other weights; a training run's --workdir has none. IDC is a
 region: on 27 whole slides held out of training, smoothing raised the ROC AUC of a map's own tiles
 from 0.892 to 0.935 (MobileNetV1), not its balanced accuracy, and the IDC area it reports is

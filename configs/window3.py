@@ -1,7 +1,7 @@
 """The neighbourhood input: each patch seen with its 8 grid neighbours, the paper's recipe
 otherwise (Adam 1e-4, 5 epochs, cross-entropy, pooling and a dense layer).
 
-Run (any network of mobilenets.ARCHITECTURES; MobileNetV2 is the shipped model's):
+Run (any network of mobilenets.ARCHITECTURES; MobileNetV2 by default):
     python main.py --config=configs/window3.py --config.model.name=mobilenet_v2 \\
         --workdir=/tmp/idc_v2_window3
 
