@@ -244,3 +244,13 @@ def test_the_share_of_idc_patches_the_old_overlay_hid():
     share = np.mean(test.p_idc[test.label == 1] < 0.2)
     doc = re.sub(r"\s+", " ", (REPO / "idc_inference/overlay.py").read_text())
     assert f"{share:.0%} of the IDC patches score below 0.2" in doc
+
+
+def test_the_leak_the_readme_cites_is_the_reports():
+    report = (FROZEN / "report.md").read_text()
+    rows = report_rows(report, "## The leak")
+    paired_row = rows["leaky minus patient split (paired)"]
+    readme = text("README.md")
+    assert f"rises by {paired_row[1]} over the patient split's" in readme
+    accuracy = [rows[name][0] for name in rows if "`v1_" in name]
+    assert f"accuracy at 0.5 moves from {accuracy[0]} to {accuracy[1]}" in readme
