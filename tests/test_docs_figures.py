@@ -254,3 +254,13 @@ def test_the_leak_the_readme_cites_is_the_reports():
     assert f"rises by {paired_row[1]} over the patient split's" in readme
     accuracy = [rows[name][0] for name in rows if "`v1_" in name]
     assert f"accuracy at 0.5 moves from {accuracy[0]} to {accuracy[1]}" in readme
+
+
+def test_the_nested_learning_curve_the_readme_cites_is_the_reports():
+    rows = report_rows((FROZEN / "report.md").read_text(), "## Learning curve, nested")
+    quarter, half, full = rows["`v1_patch_0.25`"], rows["`v1_patch_0.5`"], rows["`v1_patch`"]
+    readme = text("README.md")
+    assert (
+        f"{quarter[2]} with a quarter of the 147 training patients, {half[2]} with half and "
+        f"{full[2]} with all: all minus half {half[3]}, all minus a quarter {quarter[3]}"
+    ) in readme
