@@ -264,3 +264,13 @@ def test_the_nested_learning_curve_the_readme_cites_is_the_reports():
         f"{quarter[2]} with a quarter of the 147 training patients, {half[2]} with half and "
         f"{full[2]} with all: all minus half {half[3]}, all minus a quarter {quarter[3]}"
     ) in readme
+
+
+def test_the_published_split_the_readme_cites_is_the_reports():
+    rows = report_rows((FROZEN / "report.md").read_text(), "## The published split")
+    ((patients, cells),) = rows.items()
+    assert patients.startswith("42 ")
+    assert (
+        f"V1 scores test ROC AUC {cells[0]}, balanced accuracy {cells[1]} and F1 {cells[2]} at "
+        "the validation threshold"
+    ) in text("README.md")
