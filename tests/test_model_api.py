@@ -64,6 +64,13 @@ def from_run(tiny_run):
 # ----------------------------------------------------------------------------- the format
 
 
+def assert_no_machine_paths(record: dict) -> None:
+    """No path of the machine that trained in a weights record's data config (paths inside the
+    repository, such as data/idc_245/all, may stay)."""
+    data = record["config"]["data"]
+    assert not any(str(value).startswith("/") for value in data.values()), data
+
+
 def test_the_network_is_the_one_training_builds(tiny_run):
     config = RunDirectory(tiny_run).config()
     trained = nnx.eval_shape(lambda: state_lib.create_model(config, seed=0))
@@ -98,10 +105,7 @@ def test_weights_hold_parameters_and_statistics_only_with_their_record(tiny_run,
     assert not set(patients["train"]) & (set(patients["validation"]) | set(patients["test"]))
     assert not set(patients["validation"]) & set(patients["test"])
     assert record["summary"]["test"]["roc_auc"] == summary["test"]["roc_auc"]
-    # No path of the machine that trained (paths inside the repository may stay).
-    assert not any(str(value).startswith("/") for value in record["config"]["data"].values()), (
-        record["config"]["data"]
-    )
+    assert_no_machine_paths(record)
 
 
 def test_a_weights_file_predicts_exactly_as_the_runs_checkpoint(
@@ -283,10 +287,7 @@ def test_the_shipped_model_is_small_and_says_what_it_is():
     assert len(set().union(*map(set, patients.values()))) == sum(map(len, patients.values()))
     assert summary["test_intervals"]["at_0.5"]["roc_auc"]["low"] > 0.5
     assert summary["test_calibration"]["ece"] < 0.2
-    # No path of the machine that trained (paths inside the repository may stay).
-    assert not any(str(value).startswith("/") for value in record["config"]["data"].values()), (
-        record["config"]["data"]
-    )
+    assert_no_machine_paths(record)
 
 
 def test_the_records_scale_is_the_slide_programs():

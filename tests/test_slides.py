@@ -567,14 +567,12 @@ def test_scale_the_reader_picks_the_right_level_and_reads_the_same_tissue(scaled
     ]
 
 
-def labelled_tiles(out: pathlib.Path, scale: int) -> dict[tuple[int, int], tuple[float, int]]:
-    """(P(IDC), label) by grid cell of the map in `out`, for the demo slide's labelled tiles."""
-    labels = {
+def demo_labels_by_cell() -> dict[tuple[int, int], int]:
+    """The demo slide's labels by grid cell (column, row)."""
+    return {
         (int(r["x"]) // 50, int(r["y"]) // 50): int(r["label"])
         for r in read_labels_csv(DEMO_LABELS)
     }
-    p = tile_p_idc(out, scale)
-    return {cell: (p[cell], labels[cell]) for cell in sorted(set(p) & set(labels))}
 
 
 def paired_auc_difference_interval(a, b, labels, resamples=500, seed=0):
@@ -607,21 +605,20 @@ def test_scale_4x_loses_no_discrimination_against_native_with_the_shipped_model(
     assert maps["x4"]["tiles"]["geometry"]["level"] == 2
     assert maps["x4_139"]["tiles"]["geometry"]["level"] == 1
     assert auc["native"] > 0.85, auc  # a model that discriminates, or nothing is compared
-    tiles_of = {
-        name: labelled_tiles(tmp_path / name, 1 if name == "native" else 4) for name in maps
-    }
+    p = {name: tile_p_idc(tmp_path / name, 1 if name == "native" else 4) for name in maps}
+    labels_of = demo_labels_by_cell()
+    labelled_native = set(p["native"]) & set(labels_of)
     for name in ("x4", "x4_139"):
-        # The tiles both maps predicted (tissue found on each thumbnail differs at its edge);
-        # the 4x scan read at the model's scale (and its 3 um level resampled 4:3) must not be
-        # worse than the native slide beyond what the choice of tiles moves.
-        common = sorted(set(tiles_of[name]) & set(tiles_of["native"]))
-        assert len(common) >= 0.95 * len(tiles_of["native"])
-        native = np.array([tiles_of["native"][c][0] for c in common])
-        scaled = np.array([tiles_of[name][c][0] for c in common])
-        labels = np.array([tiles_of["native"][c][1] for c in common])
+        # The labelled tiles both maps predicted (tissue found on each thumbnail differs at its
+        # edge); the 4x scan read at the model's scale (and its 3 um level resampled 4:3) must
+        # not be worse than the native slide beyond what the choice of tiles moves.
+        common = sorted(labelled_native & set(p[name]))
+        assert len(common) >= 0.95 * len(labelled_native)
+        native = np.array([p["native"][c] for c in common])
+        scaled = np.array([p[name][c] for c in common])
+        labels = np.array([labels_of[c] for c in common])
         low, high = paired_auc_difference_interval(native, scaled, labels)
         assert high >= 0.0, (name, auc, low, high)
-    p = {name: tile_p_idc(tmp_path / name, 1 if name == "native" else 4) for name in maps}
     common = sorted(set(p["native"]) & set(p["x4"]))
     a = np.array([p["native"][k] for k in common])
     b = np.array([p["x4"][k] for k in common])
